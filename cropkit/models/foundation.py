@@ -1,0 +1,97 @@
+"""The frozen foundation model: a transformers ViT-MAE encoder made deterministic and differentiable end to end.
+
+transformers' ViT-MAE masks 75% of the patches at random on every forward, inference included. A frozen
+feature extractor must see every patch in a fixed order, so the wrapper sets `mask_ratio = 0` and passes a fixed
+`noise` (0, 1, 2, ...). It is frozen with `requires_grad_(False)` and `eval()`, never with `no_grad`: attacks
+differentiate through it. Resizing and normalisation happen inside, in torch, so it takes [0, 1] images.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import Tensor, nn
+from transformers import AutoImageProcessor, ViTMAEModel
+
+Pooling = Literal["cls", "mean"]
+
+
+def check_images(x: Tensor, channels: int | tuple[int, ...] | None = None) -> None:
+    """Raise a clear error unless `x` is a float batch of images (N, C, H, W) with an allowed channel count."""
+    if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"expected a float image batch of shape (N, C, H, W) with values in [0, 1], got {shape}")
+    allowed = (channels,) if isinstance(channels, int) else channels
+    if allowed is not None and x.shape[1] not in allowed:
+        raise ValueError(f"expected images with {' or '.join(map(str, allowed))} channels, got shape {tuple(x.shape)}")
+
+
+class FoundationModel(nn.Module):
+    """Frozen ViT-MAE encoder: [0, 1] images of any size in, pooled features (N, hidden_size) out."""
+
+    def __init__(
+        self,
+        encoder: ViTMAEModel,
+        image_mean: list[float],
+        image_std: list[float],
+        pooling: Pooling = "mean",
+        name: str = "vit-mae",
+    ) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        encoder.config.mask_ratio = 0.0  # keep every patch (see the module docstring)
+        self.encoder = encoder.requires_grad_(False).eval()
+        self.pooling = pooling
+        self.name = name
+        config = encoder.config
+        self.image_size = int(config.image_size)
+        self.num_channels = int(config.num_channels)
+        self.feature_dim = int(config.hidden_size)
+        num_patches = (self.image_size // int(config.patch_size)) ** 2
+        self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("noise", torch.arange(num_patches, dtype=torch.float32).unsqueeze(0), persistent=False)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike[str], pooling: Pooling = "mean", **kwargs: object
+    ) -> FoundationModel:
+        """Load a ViT-MAE checkpoint (a hub id such as `facebook/vit-mae-large`, or a local folder) and freeze it.
+
+        The image processor saved beside the weights supplies the normalisation; `kwargs` go to
+        `ViTMAEModel.from_pretrained` (e.g. `attn_implementation`, `dtype`). A checkpoint missing encoder
+        weights is an error rather than a silently random model; unused decoder weights are expected.
+        """
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # the decoder weights of a pre-training checkpoint are unused
+        try:
+            encoder, info = ViTMAEModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+        if info["missing_keys"] or info["mismatched_keys"]:
+            raise ValueError(f"{name_or_path} does not hold a complete ViT-MAE encoder; missing or mismatched: "
+                             f"{sorted(info['missing_keys'] | set(map(str, info['mismatched_keys'])))[:5]}")
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        return cls(encoder, list(processor.image_mean), list(processor.image_std), pooling, name=str(name_or_path))
+
+    def train(self, mode: bool = True) -> FoundationModel:
+        """Stay in eval mode whatever the caller asks: the foundation model is frozen."""
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        allowed = (1, 3) if self.num_channels == 3 else (self.num_channels,)
+        check_images(x, allowed)
+        if x.shape[1] != self.num_channels:  # grey-scale images into an RGB model
+            x = x.expand(-1, self.num_channels, -1, -1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        noise = self.noise.expand(x.shape[0], -1)
+        hidden = self.encoder(pixel_values=x.to(self.encoder.dtype), noise=noise).last_hidden_state
+        pooled = hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)
+        return pooled.float()

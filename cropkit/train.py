@@ -1,0 +1,190 @@
+"""Training the pre-processor: CRoPD and its auto-encoder baselines.
+
+`train_preprocessor` never sees the foundation model: it takes only a config, builds the auto-encoder and
+trains it on the dataset's training split. Kinds (METHOD.md section 1):
+- `cropd`: MSE reconstruction + lam * L_con(f_en(x_adv), f_en(x)), x_adv from FGSM-RS on L_con through the
+  encoder only;
+- `recon`: reconstruction only (lambda = 0);
+- `adv-recon`: adversarial denoising, reconstruct x from an FGSM-RS x_adv that maximises the reconstruction error.
+Each epoch is checkpointed (resume after an interruption) and the finished model is cached by config hash, so
+notebooks share trained pre-processors instead of retraining them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cropkit.attacks import validate_eps
+from cropkit.checkpoint import existing_directory, load_weights, resumable_training, save_weights
+from cropkit.data import load_dataset
+from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
+from cropkit.models.autoencoder import Architecture, build_autoencoder
+from cropkit.paths import cache_dir
+
+PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
+KINDS = ("cropd", "recon", "adv-recon")
+MONITOR_SIZE = 512  # held-out test images on which reconstruction and L_con are tracked every epoch
+
+
+@dataclass(frozen=True)
+class PreprocessorConfig:
+    """One pre-processor training run. `eps` is the FGSM radius for training views and for the monitored L_con."""
+
+    kind: PreprocessorKind = "cropd"
+    dataset: str = "mnist5k"
+    architecture: Architecture = "conv"
+    width: int = 16
+    latent_channels: int = 64
+    lam: float = 1.0
+    eps: float = 0.1
+    tau: float = 0.5
+    label_free: bool = False
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Unknown pre-processor kind {self.kind!r}; choose one of {KINDS}")
+        validate_eps(self.eps)
+        if (self.kind == "cropd") != (self.lam > 0):
+            raise ValueError(f"kind {self.kind!r} with lam={self.lam}: CRoPD needs lam > 0, the baselines lam = 0")
+
+    @classmethod
+    def for_lambda(cls, lam: float, **fields: Any) -> PreprocessorConfig:
+        """CRoPD at `lam`, or the reconstruction-only auto-encoder when `lam` is 0 (the lambda-ablation axis)."""
+        return cls(kind="cropd" if lam > 0 else "recon", lam=lam, **fields)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        """Readable label: 'CRoPD (lambda=1)', 'Recon AE', 'Adv-denoising AE'."""
+        return {"cropd": f"CRoPD (lambda={self.lam:g})", "recon": "Recon AE", "adv-recon": "Adv-denoising AE"}[self.kind]
+
+
+@dataclass
+class TrainedPreprocessor:
+    model: nn.Module
+    config: PreprocessorConfig
+    history: list[dict[str, float]]
+    path: Path
+
+
+def preprocessor_dir(config: PreprocessorConfig) -> Path:
+    return cache_dir() / "preprocessors" / f"{config.kind}-{config.dataset}-{config.key()}"
+
+
+def psnr(model: nn.Module, images: Tensor, batch_size: int = 512) -> float:
+    """Peak signal-to-noise ratio (dB) of the reconstructions of `images` in [0, 1]."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        mse = torch.cat([F.mse_loss(model(x.to(device)), x.to(device), reduction="none").flatten(1).mean(1).cpu()
+                         for x in images.split(batch_size)])
+    return float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
+
+
+def monitored_contrastive_loss(model: nn.Module, images: Tensor, labels: Tensor | None, eps: float, tau: float,
+                               seed: int = 0) -> float:
+    """L_con between f_en of FGSM-RS views and of clean images, on a fixed batch (the quantity CRoPD minimises)."""
+    device = next(model.parameters()).device
+    x = images.to(device)
+    labels = labels.to(device) if labels is not None else None
+    z = model.latent(x).detach()
+    generator = torch.Generator().manual_seed(seed)
+    x_adv = fgsm_rs(lambda v: contrastive_loss(model.latent(v), z, labels, tau), x, eps, generator=generator)
+    with torch.inference_mode():
+        return float(contrastive_loss(model.latent(x_adv), model.latent(x), labels, tau))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Index batches of a random permutation of range(n)."""
+    return iter(torch.randperm(n, generator=generator).split(batch_size))
+
+
+def train_preprocessor(
+    config: PreprocessorConfig, *, device: str | None = None, force: bool = False, progress: bool = True
+) -> TrainedPreprocessor:
+    """Train (or load from the cache) the pre-processor for `config`. The foundation model takes no part."""
+    out = preprocessor_dir(config)
+    train = load_dataset(config.dataset, "train")
+    pixel_mean = float(train.images.float().mean() / 255)
+    model = build_autoencoder(config.architecture, train.image_shape[0], train.image_shape[1], config.width,
+                              config.latent_channels, config.seed, pixel_mean)
+    found = existing_directory(out)
+    if found is not None and not force:
+        saved = load_weights(model, found)
+        return TrainedPreprocessor(model.requires_grad_(False).eval(), config, saved["history"], found)
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    images, labels = (t.to(device) for t in train.tensors())
+    monitor_x, monitor_y = load_dataset(config.dataset, "test").take(MONITOR_SIZE, seed=config.seed).tensors()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(images) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+
+    def loss_on(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        if config.kind == "adv-recon":
+            x_adv = fgsm_rs(lambda v: reconstruction_loss(model(v), x), x, config.eps, generator=generator)
+            recon = reconstruction_loss(model(x_adv), x)
+            return recon, {"recon": recon.item()}
+        recon = reconstruction_loss(model(x), x)
+        if config.kind == "recon":
+            return recon, {"recon": recon.item()}
+        negatives = None if config.label_free else y
+        z = model.latent(x)
+        x_adv = fgsm_rs(lambda v: contrastive_loss(model.latent(v), z.detach(), negatives, config.tau), x,
+                        config.eps, generator=generator)
+        con = contrastive_loss(model.latent(x_adv), z, negatives, config.tau)
+        return recon + config.lam * con, {"recon": recon.item(), "l_con": con.item()}
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        for batch in shuffled_batches(len(images), config.batch_size, generator):
+            with _autocast(device):
+                loss, parts = loss_on(images[batch.to(device)], labels[batch.to(device)], generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(batch)
+        model.eval()
+        stats = {f"train_{k}": v / len(images) for k, v in sums.items()}
+        stats["test_psnr"] = psnr(model, monitor_x)
+        stats["test_l_con"] = monitored_contrastive_loss(model, monitor_x, None if config.label_free else monitor_y,
+                                                         config.eps, config.tau, config.seed)
+        return stats
+
+    partial = out.with_name(out.name + ".partial")
+    history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 config=asdict(config), epochs=config.epochs, run_epoch=run_epoch,
+                                 desc=f"{config.name} on {config.dataset}", progress=progress, restart=force)
+    model.cpu().requires_grad_(False).eval()
+    save_weights(model, out, {"preprocessor": asdict(config), "history": history})
+    shutil.rmtree(partial, ignore_errors=True)
+    return TrainedPreprocessor(model, config, history, out)

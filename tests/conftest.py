@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny ViT-MAE foundation models trained in seconds, kept in a per-session cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
+
+from cropkit.pretrain import MAEConfig  # noqa: E402
+
+# A tiny model: 16 patches of 7x7, one layer; one epoch on MNIST-5k takes about a second.
+TINY = MAEConfig(patch_size=7, hidden_size=32, num_layers=1, num_heads=2, decoder_hidden_size=16,
+                 decoder_layers=1, decoder_heads=2, epochs=2, batch_size=256, warmup_epochs=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("cropkit-cache"))
+
+
+@pytest.fixture
+def tiny_config() -> MAEConfig:
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def tiny_foundation_dir(tiny_cache: str):
+    """A tiny ViT-MAE pre-trained for two epochs with the kit's own pre-training, saved with save_pretrained."""
+    from cropkit.pretrain import pretrain_mae
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CROPKIT_CACHE", tiny_cache)
+        return pretrain_mae(replace(TINY, epochs=3), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_foundation(tiny_foundation_dir):
+    from cropkit.models import FoundationModel
+
+    return FoundationModel.from_pretrained(tiny_foundation_dir, pooling="mean")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from cropkit.data import load_dataset
+
+    return load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_foundation, mnist):
+    """Identity pre-processor + tiny foundation model + linear head fitted on MNIST-5k features."""
+    from cropkit.heads import extract_features, train_linear_head
+    from cropkit.models import Pipeline
+
+    train, _ = mnist
+    x, y = train.tensors()
+    head = train_linear_head(extract_features(tiny_foundation, x), y, train.num_classes)
+    return Pipeline(None, tiny_foundation, head)

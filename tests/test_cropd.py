@@ -1,0 +1,163 @@
+"""CRoPD's pieces: auto-encoders, L_con, FGSM-RS, pre-processor training (without the foundation model), ALF."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from cropkit import checkpoint
+from cropkit.attacks import pgd
+from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
+from cropkit.models import FoundationModel
+from cropkit.models.autoencoder import ConvAutoEncoder, ViTAutoEncoder, build_autoencoder, parameter_fraction
+from cropkit.protocols import fit_alf, fit_slf
+from cropkit.train import PreprocessorConfig, preprocessor_dir, psnr, train_preprocessor
+
+TINY_AE = PreprocessorConfig(dataset="digits", width=8, latent_channels=16, epochs=2, batch_size=32, lam=1.0)
+
+
+def test_contrastive_loss_minimum_and_growth():
+    z = torch.eye(8) * 5  # well-separated latents, all different classes
+    labels = torch.arange(8)
+    tau = 0.5
+    at_minimum = contrastive_loss(z, z, labels, tau)
+    # cosine 1 with the positive, 0 with each of the 7 negatives
+    assert at_minimum == pytest.approx(math.log(1 + 7 * math.exp(-1 / tau)), rel=1e-5)
+    apart = contrastive_loss(z.roll(1, dims=0), z, labels, tau)  # each positive now matches a negative
+    assert apart > at_minimum + 1
+    halfway = contrastive_loss(z + 0.8 * z.roll(1, dims=0), z, labels, tau)
+    assert at_minimum < halfway < apart
+
+
+def test_same_class_samples_are_not_negatives():
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    with_labels = contrastive_loss(z, z, labels)
+    label_free = contrastive_loss(z, z)  # the near-duplicate of the same class now counts as a negative
+    assert with_labels < label_free
+
+
+def test_contrastive_loss_rejects_mismatched_batches():
+    with pytest.raises(ValueError, match="latent"):
+        contrastive_loss(torch.zeros(4, 3), torch.zeros(5, 3))
+
+
+def test_fgsm_rs_raises_l_con_stays_in_the_ball_and_leaves_no_parameter_gradient(mnist):
+    torch.manual_seed(0)
+    model = ConvAutoEncoder(1, 8, 16)
+    x, y = mnist[1].take(64).tensors()
+    z = model.latent(x).detach()
+    loss = lambda v: contrastive_loss(model.latent(v), z, y)  # noqa: E731
+    eps = 0.1
+    x_adv = fgsm_rs(loss, x, eps, generator=torch.Generator().manual_seed(0))
+    x_rand = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * eps).clamp(0, 1)
+    assert loss(x_adv) > loss(x_rand) > loss(x)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("architecture", ["conv", "vit"])
+def test_autoencoders_map_images_to_images(architecture, mnist):
+    model = build_autoencoder(architecture, channels=1, image_size=28, width=16)
+    x, _ = mnist[1].take(4).tensors()
+    out = model(x)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert model.latent(x).ndim == 2 and model.latent(x).shape[0] == 4
+    assert reconstruction_loss(out, x) > 0
+    with pytest.raises(ValueError):
+        model(torch.rand(4, 1, 30, 30))
+
+
+def test_vit_autoencoder_is_deterministic(mnist):
+    model = ViTAutoEncoder(1, 28, hidden_size=32, num_layers=1, decoder_hidden_size=32, decoder_layers=1).eval()
+    x, _ = mnist[1].take(4).tensors()
+    assert torch.equal(model(x), model(x))
+
+
+def test_parameter_fraction(tiny_foundation):
+    ae = ConvAutoEncoder(1, 8, 16)
+    n_ae = sum(p.numel() for p in ae.parameters())
+    n_fm = sum(p.numel() for p in tiny_foundation.parameters())
+    assert parameter_fraction(ae, tiny_foundation) == pytest.approx(n_ae / n_fm)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="lam"):
+        PreprocessorConfig(kind="cropd", lam=0.0)
+    with pytest.raises(ValueError, match="lam"):
+        PreprocessorConfig(kind="recon", lam=1.0)
+    with pytest.raises(ValueError, match="eps"):
+        PreprocessorConfig(eps=8)
+    assert PreprocessorConfig.for_lambda(0.0).kind == "recon"
+    assert PreprocessorConfig.for_lambda(0.1).name == "CRoPD (lambda=0.1)"
+
+
+@pytest.mark.parametrize("kind", ["cropd", "adv-recon"])
+def test_training_never_touches_the_foundation_model(kind, tiny_foundation, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    before = {k: v.clone() for k, v in tiny_foundation.state_dict().items()}
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: calls.append(module) if isinstance(module, FoundationModel) else None)
+    try:
+        config = replace(TINY_AE, kind=kind, lam=1.0 if kind == "cropd" else 0.0, epochs=1)
+        trained = train_preprocessor(config, progress=False)
+    finally:
+        handle.remove()
+    assert calls == []
+    assert all(torch.equal(before[k], v) for k, v in tiny_foundation.state_dict().items())
+    assert all(p.grad is None for p in tiny_foundation.parameters())
+    assert trained.history[0]["train_recon"] > 0 and "test_psnr" in trained.history[0]
+
+
+def test_cropd_training_learns_and_is_cached(tmp_path, monkeypatch, mnist):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    trained = train_preprocessor(TINY_AE, progress=False)
+    history = trained.history
+    assert history[-1]["train_recon"] < history[0]["train_recon"] and history[-1]["test_psnr"] > 10
+    assert {"train_l_con", "test_l_con", "seconds"} <= history[0].keys()
+    again = train_preprocessor(TINY_AE, progress=False)  # served from the cache
+    assert again.path == trained.path == preprocessor_dir(TINY_AE)
+    x, _ = mnist[1].take(32).tensors()
+    x28 = torch.nn.functional.interpolate(x, size=(28, 28))
+    assert torch.equal(again.model(x28), trained.model(x28))
+    assert psnr(again.model, x28) == pytest.approx(psnr(trained.model, x28))
+
+
+def test_interrupted_preprocessor_training_resumes_identically(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "a"))
+    uninterrupted = train_preprocessor(TINY_AE, progress=False)
+
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "b"))
+    real_save = checkpoint.save_training_state
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_training_state", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_preprocessor(TINY_AE, progress=False)
+    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+    resumed = train_preprocessor(TINY_AE, progress=False)
+    a, b = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+
+
+def test_slf_and_alf_change_only_the_head(tiny_foundation, mnist):
+    train = mnist[0].take(256)
+    preprocessor = ConvAutoEncoder(1, 8, 16).requires_grad_(False).eval()
+    slf = fit_slf(preprocessor, tiny_foundation, train)
+    x, y = train.tensors()
+    assert (slf(x).argmax(1) == y).float().mean() > 0.3  # a working head on the stack's features
+    frozen = {k: v.clone() for k, v in slf.state_dict().items() if not k.startswith("head.")}
+    slf_head = {k: v.clone() for k, v in slf.head.state_dict().items()}
+    alf, history = fit_alf(slf, train.take(128), pgd(0.1, steps=2), epochs=1, progress=False)
+    assert not torch.equal(alf.head.linear.weight, slf.head.linear.weight)
+    assert all(torch.equal(slf_head[k], v) for k, v in slf.head.state_dict().items())  # SLF left as it was
+    assert all(torch.equal(frozen[k], v) for k, v in alf.state_dict().items() if k in frozen)
+    assert not any(p.requires_grad for p in alf.parameters()) and history[0]["adv_loss"] > 0

@@ -1,0 +1,86 @@
+"""Datasets: embedded splits, npz files, class subsets and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cropkit.data import DatasetUnavailableError, ImageData, available_datasets, load_dataset
+from cropkit.paths import shared_data_dir
+
+
+def test_mnist5k_fixed_stratified_split(mnist):
+    train, test = mnist
+    assert (len(train), len(test)) == (4000, 1000)
+    assert train.image_shape == (1, 28, 28) and train.images.dtype == torch.uint8
+    assert torch.bincount(test.labels).tolist() == [100] * 10
+    again = load_dataset("mnist5k", "test")
+    assert torch.equal(again.images, test.images) and torch.equal(again.labels, test.labels)
+    x, _ = test.tensors()
+    assert x.dtype == torch.float32 and x.min() == 0 and x.max() == 1
+
+
+def test_digits_is_upsampled_to_mnist_size():
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert train.image_shape == (1, 28, 28)
+    assert len(train) + len(test) == 1797 and train.num_classes == 10
+    assert train.images.float().mean() > 10  # not blank after upsampling
+
+
+def _write_npz(path, n=20, classes=("a", "b", "c")):
+    rng = np.random.default_rng(0)
+    arrays = {f"x_{s}": rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8) for s in ("train", "test")}
+    arrays |= {f"y_{s}": np.arange(n) % len(classes) for s in ("train", "test")}
+    np.savez(path, classes=np.array(classes), **arrays)
+    return arrays
+
+
+def test_npz_by_path_and_class_subset(tmp_path):
+    arrays = _write_npz(tmp_path / "toy.npz")
+    data = load_dataset(str(tmp_path / "toy.npz"), "train")
+    assert data.image_shape == (3, 8, 8) and data.classes == ["a", "b", "c"]
+    assert torch.equal(data.images[0].permute(1, 2, 0), torch.from_numpy(arrays["x_train"][0]))
+    two = load_dataset(str(tmp_path / "toy.npz"), "test", classes=["c", "a"])
+    assert two.classes == ["c", "a"] and set(two.labels.tolist()) == {0, 1}
+    test = load_dataset(str(tmp_path / "toy.npz"), "test")
+    assert torch.equal(two.images[two.labels == 0][0], test.images[2])  # the first "c" image, relabelled 0
+
+
+def test_resize_and_take(tmp_path):
+    _write_npz(tmp_path / "toy.npz")
+    data = load_dataset(str(tmp_path / "toy.npz"), "train", image_size=16)
+    assert data.image_shape == (3, 16, 16)
+    subset = data.take(5, seed=1)
+    assert len(subset) == 5 and subset.take(5) is subset
+
+
+@pytest.mark.skipif(not (shared_data_dir() / "cifar10_subset.npz").is_file(), reason="no ../shared/data here")
+def test_shared_cifar10_subset():
+    test = load_dataset("cifar10-subset", "test")
+    assert (len(test), test.image_shape, test.num_classes) == (2000, (3, 32, 32), 10)
+    cifar2 = load_dataset("cifar10-subset[cat,dog]", "test")
+    assert len(cifar2) == 400 and cifar2.classes == ["cat", "dog"] and cifar2.name == "cifar10-subset[cat,dog]"
+
+
+def test_unknown_dataset_and_split_say_what_is_available():
+    with pytest.raises(ValueError, match="mnist5k") as error:
+        load_dataset("cifar11")
+    assert "digits" in str(error.value)
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("mnist5k", "validation")
+    assert {"mnist5k", "digits", "cifar10", "cifar2", "svhn", "tiny-imagenet"} <= set(available_datasets())
+
+
+def test_missing_download_names_source_and_folder(tmp_path):
+    with pytest.raises(DatasetUnavailableError) as error:
+        load_dataset("cifar10", root=tmp_path, download=False)
+    message = str(error.value)
+    assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message and "mnist5k" in message
+
+
+def test_missing_npz_and_bad_images(tmp_path):
+    with pytest.raises(DatasetUnavailableError, match="npz"):
+        load_dataset(str(tmp_path / "absent.npz"))
+    with pytest.raises(ValueError, match="uint8"):
+        ImageData("x", "train", torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), ["a"])

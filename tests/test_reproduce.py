@@ -1,0 +1,85 @@
+"""Batch reproduction: profiles, parameter plumbing, and the CLI running a notebook end to end."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from cropkit.paths import project_root
+from cropkit.reproduce import (available_profiles, load_profile, notebook_parameters, numbered_notebooks,
+                               parse_overrides, plan)
+
+
+def test_quick_profile_is_the_notebook_defaults():
+    quick = load_profile("quick")["parameters"]
+    for path in numbered_notebooks():
+        defaults = {k: ast.literal_eval(v) for k, v in notebook_parameters(path).items()}
+        for key, value in quick.items():
+            if key in defaults:
+                assert defaults[key] == value, f"{path.name}: {key} default {defaults[key]!r} != quick {value!r}"
+
+
+def test_every_profile_names_known_parameters():
+    declared = set().union(*(notebook_parameters(p) for p in numbered_notebooks()))
+    assert {"quick", "cifar10-subset"} <= set(available_profiles())
+    for name in available_profiles():
+        unknown = set(load_profile(name)["parameters"]) - declared
+        assert not unknown, f"profile {name} sets parameters no notebook declares: {unknown}"
+
+
+def test_overrides_parse_as_yaml_and_unknown_ones_are_refused():
+    assert parse_overrides(["eps=0.2", "eps_grid=[0, 0.1]", "n_eval=null"]) == {
+        "eps": 0.2, "eps_grid": [0, 0.1], "n_eval": None}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["eps"])
+    with pytest.raises(ValueError, match="declares"):
+        plan("quick", only=["00"], overrides={"epsilon": 0.1})
+    with pytest.raises(ValueError, match="No notebook numbered"):
+        plan("quick", only=["99"])
+    with pytest.raises(ValueError, match="Unknown profile"):
+        plan("nope")
+
+
+def test_plan_routes_outputs_by_profile(tmp_path):
+    (path, params), *_ = plan("cifar10-subset", only=["00"], overrides={"n_eval": 10})
+    assert path.name.startswith("00_") and params["n_eval"] == 10 and params["dataset"] == "cifar10-subset"
+    assert params["results_dir"] == str(project_root() / "results" / "cifar10-subset")
+    (_, params), *_ = plan("quick", only=["00"], out=tmp_path)
+    assert params["figures_dir"] == str(tmp_path / "figures" / "quick")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, "-m", "cropkit", *args], cwd=project_root(), env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+def test_cli_reproduce_runs_a_notebook_end_to_end(tmp_path):
+    done = _cli("reproduce", "--profile", "quick", "--only", "00", "--out", str(tmp_path),
+                "-p", "n_eval=100", "-p", "eps_grid=[0.0, 0.1, 0.3]")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[1/1] 00_quickstart" in done.stdout and "total" in done.stdout
+    executed = nbformat.read(tmp_path / "results" / "quick" / "00_quickstart.ipynb", as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    records = [json.loads(line) for line in (tmp_path / "results" / "quick" / "records.jsonl").read_text().splitlines()]
+    attacked = [r for r in records if r.get("attack")]
+    assert {r["attack"] for r in attacked} >= {"PGD-10", "PGD-20"} and all(r["n_examples"] == 100 for r in attacked)
+    assert (tmp_path / "figures" / "quick" / "00_accuracy_vs_eps.png").stat().st_size > 10_000
+
+
+def test_cli_stops_clearly_on_a_failing_notebook(tmp_path):
+    done = _cli("reproduce", "--profile", "quick", "--only", "00", "--out", str(tmp_path),
+                "-p", "dataset=no-such-dataset")
+    assert done.returncode == 1
+    assert "FAILED" in done.stdout and "Unknown dataset 'no-such-dataset'" in done.stdout
+
+
+def test_cli_rejects_bad_arguments():
+    done = _cli("reproduce", "--profile", "quick", "--only", "00", "-p", "epsilon=1")
+    assert done.returncode == 2 and "declares" in done.stderr
