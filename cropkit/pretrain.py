@@ -192,5 +192,7 @@ def load_foundation(spec: str = "embedded", pooling: Pooling = "mean", *, progre
         dataset = spec.partition(":")[2] or "mnist5k"
         if dataset not in PRESETS:
             raise ValueError(f"No embedded foundation model for {dataset!r}; presets exist for {sorted(PRESETS)}")
-        return FoundationModel.from_pretrained(pretrain_mae(PRESETS[dataset], progress=progress), pooling=pooling)
+        model = FoundationModel.from_pretrained(pretrain_mae(PRESETS[dataset], progress=progress), pooling=pooling)
+        model.name = f"embedded ViT-MAE ({dataset}, {foundation_dir(PRESETS[dataset]).name})"
+        return model
     return FoundationModel.from_pretrained(spec, pooling=pooling)

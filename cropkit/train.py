@@ -35,6 +35,8 @@ from cropkit.paths import cache_dir
 
 PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
+# Bump when a code change alters what training produces for the same config (it keys the cache).
+RECIPE_VERSION = 1
 MONITOR_SIZE = 512  # held-out test images on which reconstruction and L_con are tracked every epoch
 
 
@@ -70,7 +72,9 @@ class PreprocessorConfig:
         return cls(kind="cropd" if lam > 0 else "recon", lam=lam, **fields)
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of every field and of the training recipe's version: either change means a new cache entry."""
+        payload = asdict(self) | {"recipe": RECIPE_VERSION}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def name(self) -> str:

@@ -28,9 +28,13 @@ def test_quick_profile_is_the_notebook_defaults():
 def test_every_profile_names_known_parameters():
     declared = set().union(*(notebook_parameters(p) for p in numbered_notebooks()))
     assert {"quick", "cifar10-subset"} <= set(available_profiles())
+    by_number = {p.stem[:2]: set(notebook_parameters(p)) for p in numbered_notebooks()}
     for name in available_profiles():
-        unknown = set(load_profile(name)["parameters"]) - declared
+        profile = load_profile(name)
+        unknown = set(profile["parameters"]) - declared
         assert not unknown, f"profile {name} sets parameters no notebook declares: {unknown}"
+        for number, overrides in profile["notebooks"].items():
+            assert set(overrides) <= by_number[number], f"profile {name}, notebook {number}: unknown parameters"
 
 
 def test_overrides_parse_as_yaml_and_unknown_ones_are_refused():
