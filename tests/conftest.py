@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 
@@ -60,3 +61,26 @@ def tiny_pipeline(tiny_foundation, mnist):
     x, y = train.tensors()
     head = train_linear_head(extract_features(tiny_foundation, x), y, train.num_classes)
     return Pipeline(None, tiny_foundation, head)
+
+
+@pytest.fixture
+def interrupted_after_first_checkpoint(monkeypatch):
+    """A context manager in which training dies (KeyboardInterrupt) right after writing its first checkpoint."""
+    from cropkit import checkpoint
+
+    real_save = checkpoint.save_training_state
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # the machine went away after the first epoch's checkpoint
+
+    @contextlib.contextmanager
+    def interrupted():
+        monkeypatch.setattr(checkpoint, "save_training_state", save_then_crash)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(checkpoint, "save_training_state", real_save)
+
+    return interrupted

@@ -102,23 +102,16 @@ def test_pretraining_learns_caches_and_is_deterministic(tiny_foundation_dir, tin
     assert (tiny_foundation_dir / "model.safetensors").stat().st_mtime_ns == saved  # served from the cache
 
 
-def test_interrupted_pretraining_resumes_to_the_same_model(tmp_path, tiny_config, monkeypatch):
+def test_interrupted_pretraining_resumes_to_the_same_model(tmp_path, tiny_config, monkeypatch,
+                                                           interrupted_after_first_checkpoint):
     monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "a"))
     uninterrupted = pretrain_mae(tiny_config, progress=False)
 
     monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "b"))
-    real_save = checkpoint.save_training_state
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt  # the machine went away after the first epoch's checkpoint
-
-    monkeypatch.setattr(checkpoint, "save_training_state", save_then_crash)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_first_checkpoint():
         pretrain_mae(tiny_config, progress=False)
     partial = foundation_dir(tiny_config).with_name(foundation_dir(tiny_config).name + ".partial")
     assert checkpoint.read_json(partial / "trainer.json")["epoch"] == 1
-    monkeypatch.setattr(checkpoint, "save_training_state", real_save)
     resumed = pretrain_mae(tiny_config, progress=False)
 
     a = FoundationModel.from_pretrained(uninterrupted).encoder.state_dict()
