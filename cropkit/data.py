@@ -183,18 +183,15 @@ def _tiny_imagenet(root: Path, split: str, download: bool) -> object:
         if not download:
             raise RuntimeError("Dataset not found")
         download_and_extract_archive(_SOURCES["tiny-imagenet"].url, download_root=str(root))
-    transform = _pil_transform(64)
+    dataset = ImageFolder(str(base / "train"), transform=_pil_transform(64))
     if split == "train":
-        return ImageFolder(str(base / "train"), transform=transform)
-    # The validation folder is flat; its labels live in val_annotations.txt.
-    train = ImageFolder(str(base / "train"))
-    annotations = (base / "val" / "val_annotations.txt").read_text().splitlines()
-    samples = [(str(base / "val" / "images" / line.split("\t")[0]), train.class_to_idx[line.split("\t")[1]])
-               for line in annotations]
-    val = ImageFolder(str(base / "train"), transform=transform)
-    val.samples = val.imgs = samples
-    val.targets = [label for _, label in samples]
-    return val
+        return dataset
+    # The validation images sit in one flat folder; their classes are listed in val_annotations.txt.
+    rows = [line.split("\t") for line in (base / "val" / "val_annotations.txt").read_text().splitlines()]
+    dataset.samples = dataset.imgs = [(str(base / "val" / "images" / row[0]), dataset.class_to_idx[row[1]])
+                                      for row in rows]
+    dataset.targets = [label for _, label in dataset.samples]
+    return dataset
 
 
 def _build_sources() -> dict[str, _TorchvisionSource]:

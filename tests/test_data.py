@@ -84,3 +84,22 @@ def test_missing_npz_and_bad_images(tmp_path):
         load_dataset(str(tmp_path / "absent.npz"))
     with pytest.raises(ValueError, match="uint8"):
         ImageData("x", "train", torch.zeros(2, 1, 4, 4), torch.zeros(2, dtype=torch.long), ["a"])
+
+
+def test_tiny_imagenet_folder_layout_loads_offline(tmp_path):
+    """The real Tiny-ImageNet loader on a miniature copy of the archive's layout (train/<wnid>/images, flat val)."""
+    from PIL import Image
+
+    base = tmp_path / "tiny-imagenet-200"
+    rng = np.random.default_rng(0)
+    for wnid in ("n01", "n02"):
+        (base / "train" / wnid / "images").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(base / "train" / wnid / "images" / f"{i}.JPEG")
+    (base / "val" / "images").mkdir(parents=True)
+    Image.fromarray(np.full((64, 64), 7, dtype=np.uint8)).save(base / "val" / "images" / "val_0.JPEG")  # grey-scale
+    (base / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn02\t0\t0\t63\t63\n")
+    train = load_dataset("tiny-imagenet", "train", root=tmp_path, download=False)
+    test = load_dataset("tiny-imagenet", "test", root=tmp_path, download=False)
+    assert (len(train), train.image_shape, train.classes) == (6, (3, 64, 64), ["n01", "n02"])
+    assert len(test) == 1 and test.labels.tolist() == [1] and test.image_shape == (3, 64, 64)
