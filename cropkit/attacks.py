@@ -10,7 +10,7 @@ classes and a seed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torchattacks
@@ -100,9 +100,6 @@ class AttackSpec:
                              n_classes=n_classes, seed=seed),
             torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=seed),
         ])
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def pgd(eps: float, steps: int = 10, **kwargs: Any) -> AttackSpec:
