@@ -1,4 +1,5 @@
-"""Atomic files and folders, and training checkpoints (safetensors weights + JSON metadata) that resume.
+"""Atomic files and folders, training checkpoints (safetensors weights + JSON metadata) that resume, and the
+pieces every training loop shares: cache keys and the warm-up + cosine learning-rate schedule.
 
 A checkpoint folder holds `model.safetensors` (weights), `state.pt` (optimiser, scheduler and RNG state, read
 back with `torch.load(weights_only=True)`) and `trainer.json` (epoch, history, config). It is replaced as a whole,
@@ -8,7 +9,9 @@ so an interruption leaves either the previous or the new checkpoint, never a mix
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -171,3 +174,19 @@ def resumable_training(
         save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
                             epoch=epoch + 1, history=history, config=config)
     return history
+
+
+def config_key(fields: dict[str, Any]) -> str:
+    """Short hash of a training config: a changed field never reuses a stale cache entry."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_steps`, then cosine decay to zero at `total_steps` (stepped once per batch)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cropkit.attacks import AttackSpec
+from cropkit.checkpoint import cosine_schedule
 from cropkit.data import ImageData
 from cropkit.heads import extract_features, train_linear_head
 from cropkit.models import Pipeline
@@ -48,7 +49,7 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     head = pipeline.head.requires_grad_(True)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=2e-4)
     steps = epochs * math.ceil(len(train) / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    scheduler = cosine_schedule(optimizer, steps)
     images, labels = train.tensors()
     torch.manual_seed(seed)  # torchattacks' random starts
     history = []

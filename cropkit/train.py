@@ -12,8 +12,6 @@ notebooks share trained pre-processors instead of retraining them.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
 from collections.abc import Iterator
@@ -27,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cropkit.attacks import validate_eps
-from cropkit.checkpoint import existing_directory, load_weights, resumable_training, save_weights
+from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, resumable_training,
+                                save_weights)
 from cropkit.data import load_dataset
 from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import Architecture, build_autoencoder
@@ -73,8 +72,7 @@ class PreprocessorConfig:
 
     def key(self) -> str:
         """Hash of every field and of the training recipe's version: either change means a new cache entry."""
-        payload = asdict(self) | {"recipe": RECIPE_VERSION}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+        return config_key(asdict(self) | {"recipe": RECIPE_VERSION})
 
     @property
     def name(self) -> str:
@@ -145,7 +143,7 @@ def train_preprocessor(
     monitor_x, monitor_y = load_dataset(config.dataset, "test").take(MONITOR_SIZE, seed=config.seed).tensors()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    scheduler = cosine_schedule(optimizer, steps)
 
     def loss_on(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         if config.kind == "adv-recon":
