@@ -2,7 +2,8 @@
 
 Robust accuracy counts an example as robust when it is classified correctly both clean and under attack, so
 only clean-correct examples are attacked (as AutoAttack does). Every adversarial batch is checked to lie in
-the eps-ball and in [0, 1] before it is scored.
+the eps-ball and in [0, 1] before it is scored. Every record carries the verdict of the gradient-masking audit:
+the full one (`cropkit.audit.run`) when its report is passed in, else the structural checks run here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from cropkit.attacks import IMPLEMENTATION, AttackSpec
+from cropkit.checks import AuditReport, structural_checks
 from cropkit.data import ImageData
 from cropkit.results import append_records, provenance
 
@@ -63,14 +65,19 @@ def evaluate(
     device: torch.device | str | None = None,
     results: str | os.PathLike[str] | None = None,
     setup: dict[str, Any] | None = None,
+    audit: AuditReport | None = None,
 ) -> list[dict[str, Any]]:
     """Clean and robust accuracy of `pipeline` on `data` under each attack; append the records to `results`.
 
-    `setup` describes the model (pre-processor, foundation model, head) and is stored with every record.
+    `setup` describes the model (pre-processor, foundation model, head) and is stored with every record;
+    `audit` is the model's full audit report, if one was run (otherwise the structural checks are run here).
     """
     device = torch.device(device) if device is not None else default_device()
     pipeline = pipeline.to(device).eval()
     images, labels = data.tensors()
+    if audit is None:
+        audit = AuditReport(model_name, attacks[0].eps if attacks else 0.0,
+                            structural_checks(pipeline, images[:64], labels[:64], data.num_classes), full=False)
     started = time.perf_counter()
     correct = predict(pipeline, images, batch_size) == labels
     clean_seconds = time.perf_counter() - started
@@ -84,6 +91,7 @@ def evaluate(
         "threat_model": "Linf",
         "seed": seed,
         "clean_accuracy": clean_accuracy,
+        "audit": audit.verdict(),
         **provenance(device),
     }
     records = []

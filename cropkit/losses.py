@@ -5,14 +5,16 @@
   positive f_en(x_i), negatives the clean latents of samples of *other classes* in the batch (the paper pulls
   clean and adversarial views together and pushes classes apart), or of every other sample when no labels are
   given (the label-free option). The positive is in the denominator; tau = 0.5 is the kit's default.
-- `fgsm_rs`: FGSM with a random start inside the ball and a 1.25 * eps step (FGSM-RS, Wong et al. 2020), which
-  avoids the catastrophic overfitting of plain FGSM. It maximises any loss of the input; CRoPD uses L_con
-  through the encoder only.
+- `linf_ascent`: maximise any loss of the input over the L-inf ball (random start, signed-gradient steps,
+  projection). One step of 1.25 * eps is `fgsm_rs`, FGSM with a random start (FGSM-RS, Wong et al. 2020), which
+  avoids the catastrophic overfitting of plain FGSM; CRoPD trains with it on L_con through the encoder only, and
+  the theory check (`cropkit.theory`) uses more steps to measure L_con under a stronger attack.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +25,12 @@ def reconstruction_loss(reconstruction: Tensor, x: Tensor) -> Tensor:
     return F.mse_loss(reconstruction, x)
 
 
-def contrastive_loss(z_adv: Tensor, z: Tensor, labels: Tensor | None = None, tau: float = 0.5) -> Tensor:
+def contrastive_loss(z_adv: Tensor, z: Tensor, labels: Tensor | None = None, tau: float = 0.5,
+                     reduction: Literal["mean", "none"] = "mean") -> Tensor:
     """L_con: -log( exp(s_ii / tau) / (exp(s_ii / tau) + sum_{j in negatives(i)} exp(s_ij / tau)) ), averaged.
 
     `s_ij` is the cosine similarity of `z_adv[i]` and `z[j]`. With `labels`, negatives(i) are the samples of
-    other classes; without, every j != i.
+    other classes; without, every j != i. `reduction="none"` gives each anchor's term.
     """
     if z_adv.shape != z.shape or z.ndim != 2:
         raise ValueError(f"expected two (N, D) latent batches, got {tuple(z_adv.shape)} and {tuple(z.shape)}")
@@ -35,20 +38,30 @@ def contrastive_loss(z_adv: Tensor, z: Tensor, labels: Tensor | None = None, tau
     same = torch.eye(len(z), dtype=torch.bool, device=z.device)
     negatives = ~same if labels is None else labels[:, None] != labels[None, :]
     logits = similarity.masked_fill(~(negatives | same), float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(z), device=z.device))
+    return F.cross_entropy(logits, torch.arange(len(z), device=z.device), reduction=reduction)
 
 
-def fgsm_rs(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float, step_factor: float = 1.25,
-            generator: torch.Generator | None = None) -> Tensor:
-    """One FGSM step from a uniform random start in the L-inf ball, maximising `loss_of_input`; in [0, 1].
+def linf_ascent(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float, *, steps: int = 1,
+                step: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Maximise `loss_of_input` in the L-inf ball around `x`: uniform random start, then `steps` signed-gradient
+    steps of size `step` (default 1.25 * eps), each projected back to the ball and to [0, 1].
 
     Only the input's gradient is taken (`torch.autograd.grad`), so no parameter gradient is accumulated.
     """
     if eps == 0:
         return x.detach()
+    step = 1.25 * eps if step is None else step
     noise = torch.rand(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
-    delta = (noise.to(x.device) * 2 - 1) * eps
-    start = (x + delta).clamp(0, 1).detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(loss_of_input(start), start)
-    delta = (start.detach() - x + step_factor * eps * grad.sign()).clamp(-eps, eps)
-    return (x + delta).clamp(0, 1).detach()
+    x_adv = (x + (noise.to(x.device) * 2 - 1) * eps).clamp(0, 1).detach()
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_of_input(x_adv), x_adv)
+        delta = (x_adv.detach() - x + step * grad.sign()).clamp(-eps, eps)
+        x_adv = (x + delta).clamp(0, 1).detach()
+    return x_adv
+
+
+def fgsm_rs(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float, step_factor: float = 1.25,
+            generator: torch.Generator | None = None) -> Tensor:
+    """FGSM-RS: one step of `step_factor * eps` from a uniform random start in the L-inf ball; in [0, 1]."""
+    return linf_ascent(loss_of_input, x, eps, steps=1, step=step_factor * eps, generator=generator)

@@ -12,7 +12,7 @@ from cropkit.evaluate import attack_batches, evaluate, predict
 from cropkit.results import load_records
 
 PROVENANCE = {"model", "setup", "dataset", "split", "n_examples", "threat_model", "eps", "attack", "attack_settings",
-              "implementation", "seed", "clean_accuracy", "robust_accuracy", "runtime_s", "device", "versions",
+              "implementation", "seed", "clean_accuracy", "robust_accuracy", "runtime_s", "audit", "device", "versions",
               "commit", "timestamp"}
 
 

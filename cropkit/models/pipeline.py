@@ -1,7 +1,8 @@
 """The attacked object: pre-processor -> frozen foundation model -> head, one module from [0, 1] pixels to logits.
 
 Robustness is only measured on this whole pipeline, white-box, end to end (METHOD.md section 4). Nothing in
-its forward stops gradients; frozen parts are frozen by `requires_grad_(False)` and `eval()`.
+its forward stops gradients; frozen parts are frozen by `requires_grad_(False)` and `eval()`, and a pipeline
+starts in eval mode: it is built to be attacked and evaluated, and only its head is ever trained.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class Pipeline(nn.Module):
         self.preprocessor = preprocessor if preprocessor is not None else nn.Identity()
         self.foundation = foundation
         self.head = head
+        self.eval()
 
     def features(self, x: Tensor) -> Tensor:
         """The foundation model's pooled features of the pre-processed images (what the head sees)."""
