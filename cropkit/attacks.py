@@ -1,7 +1,8 @@
 """L-inf attacks from torchattacks, described by a small spec so that every number names how it was made.
 
-Kinds: `fgsm`, `pgd` (eps, step, steps, random start, restarts), `apgd` (APGD-CE then APGD-T, AutoAttack's
-two gradient-based components, `steps` each: the strong attack that fits a CPU budget), `autoattack`
+Kinds: `fgsm`, `pgd` (eps, step, steps, random start, restarts), `apgd-ce` (APGD on the cross-entropy alone,
+`steps` iterations: PGD with AutoAttack's adaptive step size, at PGD's cost), `apgd` (APGD-CE then APGD-T,
+AutoAttack's two gradient-based components, `steps` each: the strong attack that fits a CPU budget), `autoattack`
 (torchattacks' own composition, whose APGD / APGD-T / FAB-T run 10 iterations each) and `autoattack-original`
 (the strength of the original AutoAttack standard version: APGD-CE, APGD-T and FAB-T with 100 steps, Square
 with 5,000 queries). Use the latter for headline numbers. APGD-T and AutoAttack always get the number of
@@ -16,8 +17,8 @@ from typing import Any, Literal
 import torchattacks
 from torch import nn
 
-AttackKind = Literal["fgsm", "pgd", "apgd", "autoattack", "autoattack-original"]
-KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd", "autoattack", "autoattack-original")
+AttackKind = Literal["fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original"]
+KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original")
 IMPLEMENTATION = f"torchattacks {torchattacks.__version__}"
 
 
@@ -58,8 +59,8 @@ class AttackSpec:
         """Short name for tables: FGSM, PGD-10, PGD-20x5 (5 restarts), AutoAttack (torchattacks), AutoAttack."""
         if self.kind == "pgd":
             return f"PGD-{self.steps}" + (f"x{self.restarts}" if self.restarts > 1 else "")
-        if self.kind == "apgd":
-            return f"APGD-CE+T-{self.steps}"
+        if self.kind in ("apgd-ce", "apgd"):
+            return f"APGD-{'CE' if self.kind == 'apgd-ce' else 'CE+T'}-{self.steps}"
         return {"fgsm": "FGSM", "autoattack": "AutoAttack (torchattacks)", "autoattack-original": "AutoAttack"}[self.kind]
 
     def settings(self) -> dict[str, Any]:
@@ -68,8 +69,9 @@ class AttackSpec:
         if self.kind == "pgd":
             settings |= {"steps": self.steps, "step": self.step_size, "random_start": self.random_start,
                          "restarts": self.restarts}
-        elif self.kind == "apgd":
-            settings |= {"steps": self.steps, "components": "APGD-CE, APGD-T (torchattacks)"}
+        elif self.kind in ("apgd-ce", "apgd"):
+            components = "APGD-CE" if self.kind == "apgd-ce" else "APGD-CE, APGD-T"
+            settings |= {"steps": self.steps, "components": f"{components} (torchattacks)"}
         elif self.kind == "autoattack":
             settings |= {"version": "standard", "components": "APGD-CE, APGD-T, FAB-T (10 steps each), Square 5000"}
         elif self.kind == "autoattack-original":
@@ -85,11 +87,13 @@ class AttackSpec:
             pgd = [torchattacks.PGD(model, eps=eps, alpha=self.step_size, steps=self.steps,
                                     random_start=self.random_start) for _ in range(self.restarts)]
             return pgd[0] if self.restarts == 1 else torchattacks.MultiAttack(pgd)
-        if self.kind == "apgd":
+        if self.kind in ("apgd-ce", "apgd"):
+            ce = torchattacks.APGD(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1, loss="ce", seed=seed)
+            if self.kind == "apgd-ce":
+                return ce
             return torchattacks.MultiAttack([
-                torchattacks.APGD(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1, loss="ce", seed=seed),
-                torchattacks.APGDT(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1, n_classes=n_classes,
-                                   seed=seed),
+                ce, torchattacks.APGDT(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
+                                       n_classes=n_classes, seed=seed),
             ])
         if self.kind == "autoattack":
             return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=seed)

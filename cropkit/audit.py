@@ -3,9 +3,9 @@
 A pre-processor in front of a classifier is the textbook setting for robustness that is only apparent: the
 attack fails because its gradients are useless, not because the model is robust. `run` attacks the whole
 pipeline in several ways and returns named checks, each pass/fail with its evidence:
-- structural (`cropkit.checks.structural_checks`, cheap, also run by `cropkit.evaluate` on every evaluation): no module in
-  train mode, a deterministic forward pass, logits rather than probabilities out, finite and non-zero input
-  gradients of the cross-entropy;
+- structural (`cropkit.checks.structural_checks`, cheap, also run by `cropkit.evaluate` on every evaluation):
+  no module in train mode, a deterministic forward pass, logits rather than probabilities out, finite and
+  non-zero input gradients of the cross-entropy;
 - accuracy falls monotonically with eps and is near zero at a large eps;
 - more PGD steps and random restarts never raise robust accuracy, and the strong attack is not above PGD;
 - adversarial examples transferred from an undefended reference pipeline are weaker than the white-box attack.
@@ -18,30 +18,36 @@ from collections.abc import Sequence
 from torch import nn
 
 from cropkit.attacks import AttackSpec, pgd
-from cropkit.checks import AuditReport, Check, input_gradient, structural_checks
+from cropkit.checks import SAMPLE, AuditReport, Check, input_gradient, structural_checks
 from cropkit.data import ImageData
 from cropkit.evaluate import attack_batches, evaluate, predict
 
 __all__ = ["AuditReport", "Check", "run", "structural_checks"]
 
 
-def _accuracies(pipeline: nn.Module, data: ImageData, specs: Sequence[AttackSpec], seed: int, model: str) -> list[float]:
-    return [r["robust_accuracy"] for r in evaluate(pipeline, data, specs, model_name=model, seed=seed)]
+def _accuracies(pipeline: nn.Module, data: ImageData, specs: Sequence[AttackSpec], seed: int,
+                structural: AuditReport) -> list[float]:
+    """Robust accuracy under each spec (the structural checks already ran: `evaluate` need not repeat them)."""
+    return [r["robust_accuracy"] for r in evaluate(pipeline, data, specs, model_name=structural.model, seed=seed,
+                                                   audit=structural)]
 
 
 def run(
     pipeline: nn.Module, data: ImageData, eps: float, *, model: str = "model", reference: nn.Module | None = None,
     eps_factors: Sequence[float] = (0.25, 0.5, 1, 2, 4, 8), steps: Sequence[int] = (1, 5, 10, 20, 50),
-    restarts: int = 3, strong: AttackSpec | None = None, tolerance: float = 0.02, near_zero: float = 0.05,
+    restarts: int = 3, strong: AttackSpec | None = None, tolerance: float | None = None, near_zero: float = 0.05,
     seed: int = 0,
 ) -> AuditReport:
     """Audit `pipeline` on `data` at radius `eps`; `reference` is the undefended pipeline for the transfer check.
 
-    `tolerance` is the slack allowed for sampling noise when one accuracy must not exceed another; `near_zero`
-    the accuracy the largest eps (eps * max(eps_factors), capped at 1) must reach.
+    `tolerance` is the slack allowed for the attacks' random starts when one accuracy must not exceed another
+    (default: two examples' worth, at least 2 points); `near_zero` the accuracy the largest eps
+    (eps * max(eps_factors), capped at 1) must reach.
     """
     x, y = data.tensors()
-    checks = structural_checks(pipeline, x[:64], y[:64], data.num_classes)
+    tolerance = max(0.02, 2 / len(y)) if tolerance is None else tolerance
+    checks = structural_checks(pipeline, x[:SAMPLE], y[:SAMPLE], data.num_classes)
+    structural = AuditReport(model, eps, list(checks), full=False)
     if input_gradient(pipeline, x[:8], y[:8]) is None:
         skipped = Check("white-box attacks run", False, "skipped: no gradient reaches the input, so no gradient "
                         "attack can run; robustness under such a model is not evidence of anything")
@@ -49,7 +55,7 @@ def run(
     clean = float((predict(pipeline.eval(), x) == y).float().mean())
 
     radii = sorted({min(1.0, eps * f) for f in eps_factors})
-    by_eps = dict(zip(radii, _accuracies(pipeline, data, [pgd(r, 10) for r in radii], seed, model)))
+    by_eps = dict(zip(radii, _accuracies(pipeline, data, [pgd(r, 10) for r in radii], seed, structural)))
     curve = [clean, *by_eps.values()]
     rises = [(a, b) for a, b in zip(curve, curve[1:]) if b > a + tolerance]
     checks.append(Check("accuracy falls as eps grows", not rises,
@@ -58,16 +64,16 @@ def run(
     checks.append(Check("near zero at a large eps", by_eps[radii[-1]] <= near_zero,
                         f"{by_eps[radii[-1]]:.1%} at eps {radii[-1]:.3g} (needs <= {near_zero:.0%})"))
 
-    by_steps = dict(zip(steps, _accuracies(pipeline, data, [pgd(eps, s) for s in steps], seed, model)))
-    ten = by_steps[10] if 10 in by_steps else _accuracies(pipeline, data, [pgd(eps, 10)], seed, model)[0]
-    (restarted,) = _accuracies(pipeline, data, [pgd(eps, 10, restarts=restarts)], seed, model)
+    by_steps = dict(zip(steps, _accuracies(pipeline, data, [pgd(eps, s) for s in steps], seed, structural)))
+    ten = by_steps[10] if 10 in by_steps else _accuracies(pipeline, data, [pgd(eps, 10)], seed, structural)[0]
+    (restarted,) = _accuracies(pipeline, data, [pgd(eps, 10, restarts=restarts)], seed, structural)
     longest = max(steps)
     checks.append(Check("more steps never help the model", by_steps[longest] <= ten + tolerance,
                         f"PGD-10 {ten:.1%}, PGD-{longest} {by_steps[longest]:.1%}"))
     checks.append(Check("restarts never help the model", restarted <= ten + tolerance,
                         f"PGD-10 {ten:.1%}, PGD-10 x{restarts} restarts {restarted:.1%}"))
     strong = strong or AttackSpec("apgd", eps, steps=10)
-    (strong_accuracy,) = _accuracies(pipeline, data, [strong], seed, model)
+    (strong_accuracy,) = _accuracies(pipeline, data, [strong], seed, structural)
     best_pgd = min(ten, restarted, by_steps[longest])
     checks.append(Check("strong attack not above PGD", strong_accuracy <= best_pgd + tolerance,
                         f"{strong.label} {strong_accuracy:.1%}, best PGD {best_pgd:.1%}"))

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+SAMPLE = 32  # images the structural checks run on
+
 
 @dataclass(frozen=True)
 class Check:
@@ -61,11 +63,11 @@ def structural_checks(pipeline: nn.Module, x: Tensor, y: Tensor, num_classes: in
     checks.append(Check("deterministic forward pass", torch.allclose(first, second, rtol=1e-4, atol=1e-5),
                         f"max difference between two passes {float((first - second).abs().max()):.2g}"))
     shape_ok = first.ndim == 2 and first.shape == (len(x), num_classes)
-    probabilities = bool(shape_ok and first.min() >= 0 and torch.allclose(first.sum(1), torch.ones(len(x)).to(first),
-                                                                          atol=1e-4))
+    sums_to_one = torch.allclose(first.sum(1), torch.ones_like(first[:, 0]), atol=1e-4) if shape_ok else False
+    probabilities = bool(shape_ok and first.min() >= 0 and sums_to_one)
+    note = "; rows are probabilities (a softmax inside the model weakens CE attacks)" if probabilities else ""
     checks.append(Check("returns logits", shape_ok and not probabilities,
-                        f"output {tuple(first.shape)}, expected ({len(x)}, {num_classes})"
-                        + ("; rows are probabilities (softmax inside the model weakens CE attacks)" if probabilities else "")))
+                        f"output {tuple(first.shape)}, expected ({len(x)}, {num_classes}){note}"))
     checks.append(_gradient_check(pipeline, x, y))
     return checks
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from cropkit.attacks import IMPLEMENTATION, AttackSpec
-from cropkit.checks import AuditReport, structural_checks
+from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
 from cropkit.results import append_records, provenance
 
@@ -77,7 +77,7 @@ def evaluate(
     images, labels = data.tensors()
     if audit is None:
         audit = AuditReport(model_name, attacks[0].eps if attacks else 0.0,
-                            structural_checks(pipeline, images[:64], labels[:64], data.num_classes), full=False)
+                            structural_checks(pipeline, images[:SAMPLE], labels[:SAMPLE], data.num_classes), full=False)
     started = time.perf_counter()
     correct = predict(pipeline, images, batch_size) == labels
     clean_seconds = time.perf_counter() - started

@@ -113,8 +113,9 @@ class BoundFit:
 
     def statement(self) -> str:
         low, high = self.interval
-        return (f"smallest kappa with adversarial CE <= clean CE + kappa * L_con ({self.l_con_attack.upper()}) for all "
-                f"{len(self.table)} models: {self.kappa:.3f} ({self.level:.0%} bootstrap interval {low:.3f}-{high:.3f}); "
+        return (f"smallest kappa with adversarial CE <= clean CE + kappa * L_con ({self.l_con_attack.upper()}) for "
+                f"all {len(self.table)} models: {self.kappa:.3f} ({self.level:.0%} bootstrap interval "
+                f"{low:.3f}-{high:.3f}); "
                 f"least-squares slope through the origin {self.slope:.3f}; Spearman rank correlation of gap and "
                 f"L_con {self.spearman:+.2f} (p = {self.spearman_p:.2g}).")
 

@@ -32,6 +32,7 @@ def test_spec_labels_settings_and_errors():
     assert spec.label == "PGD-20x3" and spec.step_size == pytest.approx(2.5 * 0.1 / 20)
     assert spec.settings() | {"steps": 20} == spec.settings() and spec.settings()["restarts"] == 3
     assert AttackSpec("autoattack-original", 0.1).label == "AutoAttack"
+    assert AttackSpec("apgd-ce", 0.1, steps=5).label == "APGD-CE-5"
     with pytest.raises(ValueError, match="Unknown attack"):
         AttackSpec("cw", 0.1)
 
@@ -45,6 +46,8 @@ def test_autoattack_always_gets_classes_and_seed(tiny_pipeline):
     assert [a.steps for a in original.attacks[:3]] == [100, 100, 100] and original.attacks[3].n_queries == 5000
     apgd = AttackSpec("apgd", 0.1, steps=25).build(tiny_pipeline, n_classes=7, seed=3)
     assert [type(a).__name__ for a in apgd.attacks] == ["APGD", "APGDT"] and apgd.attacks[1].n_target_classes == 6
+    apgd_ce = AttackSpec("apgd-ce", 0.1, steps=25).build(tiny_pipeline, n_classes=7, seed=3)
+    assert type(apgd_ce).__name__ == "APGD" and apgd_ce.loss == "ce" and apgd_ce.steps == 25
 
 
 def test_large_eps_pgd_breaks_identity_pipeline_and_gradients_flow(tiny_pipeline, mnist):
