@@ -25,6 +25,14 @@ def test_quick_profile_is_the_notebook_defaults():
                 assert defaults[key] == value, f"{path.name}: {key} default {defaults[key]!r} != quick {value!r}"
 
 
+def test_papermill_reads_every_parameter():
+    """papermill parses `name = value  # help` lines itself; a line it cannot parse is left out of its inspection."""
+    import papermill
+
+    for path in numbered_notebooks():
+        assert set(papermill.inspect_notebook(str(path))) == set(notebook_parameters(path)), path.name
+
+
 def test_every_profile_names_known_parameters():
     declared = set().union(*(notebook_parameters(p) for p in numbered_notebooks()))
     assert {"quick", "cifar10-subset"} <= set(available_profiles())
