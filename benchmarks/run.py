@@ -1,0 +1,207 @@
+"""Throughput of the kit's loops against the naive loops a user would write without it, measured in one run.
+
+    python benchmarks/run.py                 # small sizes, minutes on a CPU
+    python benchmarks/run.py --size full     # larger batches and models (for a GPU)
+
+Speed does not depend on the weights, so the stack is the embedded architecture (ViT-MAE foundation model, conv
+auto-encoder, linear head) with random weights: nothing is downloaded or pre-trained. Each benchmark reports
+images per second for the kit and for the naive loop, and their ratio; the tables go to
+`benchmarks/results/<device>.{json,md}` and a log-log plot of how the kit's PGD cost grows with the work.
+- PGD-10 evaluation. Kit: `cropkit.evaluate` (frozen parameters, so no weight gradients; clean pass under
+  `inference_mode`; torchattacks PGD). Naive: parameters left trainable and a hand-written PGD loop calling
+  `loss.backward()`, which fills every weight's `.grad` at every step; clean pass with autograd on.
+- SLF head, per epoch. Kit: the frozen stack's features computed once (`extract_features`), then each epoch
+  trains the head on the cached tensor. Naive: each epoch recomputes the features through the trainable stack,
+  and the backward runs through it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cropkit.attacks import pgd
+from cropkit.checkpoint import atomic_write_bytes, write_json
+from cropkit.evaluate import attack_batches, predict
+from cropkit.heads import LinearHead, extract_features
+from cropkit.models import FoundationModel, Pipeline
+from cropkit.models.autoencoder import ConvAutoEncoder
+from cropkit.pretrain import MAEConfig, build_mae
+from cropkit.results import device_name, library_versions
+
+EPS = 0.1
+
+
+@dataclass(frozen=True)
+class Size:
+    images: int  # examples per PGD measurement
+    slf_images: int  # training examples for the SLF epochs
+    slf_epochs: int
+    scaling_images: tuple[int, ...]  # the work axis of the scaling plot
+    hidden_sizes: tuple[int, ...]  # the model-size axis
+
+
+SIZES = {"small": Size(128, 2000, 3, (32, 64, 128, 256), (64, 128, 256)),
+         "full": Size(1024, 20000, 5, (256, 512, 1024, 2048), (128, 256, 512, 768))}
+
+
+def random_stack(hidden_size: int = 128, device: str = "cpu") -> Pipeline:
+    """The embedded architecture with random weights, frozen as the kit freezes it."""
+    config = replace(MAEConfig(), hidden_size=hidden_size, num_heads=max(1, hidden_size // 32))
+    foundation = FoundationModel(build_mae(config, num_channels=1).vit, [0.5], [0.5])
+    torch.manual_seed(0)
+    head = LinearHead(hidden_size, 10)
+    return Pipeline(ConvAutoEncoder(1, 16, 64).requires_grad_(False), foundation, head.requires_grad_(False)).to(device)
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    """Seconds for one call of `fn`, after a warm-up call."""
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def naive_pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int) -> float:
+    """PGD the way it is often written: trainable parameters, `loss.backward()`, clean pass with autograd on."""
+    correct = model(x).argmax(1) == y
+    alpha = 2.5 * eps / steps
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        model.zero_grad()
+        F.cross_entropy(model(x_adv), y).backward()
+        x_adv = (x + (x_adv + alpha * x_adv.grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return float((correct & (model(x_adv).argmax(1) == y)).float().mean())
+
+
+def kit_pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int) -> float:
+    """The evaluator's path: clean predictions under inference_mode, torchattacks PGD on the frozen pipeline."""
+    correct = predict(model, x) == y.cpu()
+    x_adv = attack_batches(model, pgd(eps, steps), x.cpu()[correct], y.cpu()[correct], n_classes=10, seed=0,
+                           batch_size=len(x))
+    return float((predict(model, x_adv) == y.cpu()[correct]).sum()) / len(x)
+
+
+def head_epoch(head: nn.Module, features_of: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
+               batch_size: int = 256) -> None:
+    """One SGD epoch of a linear head on `features_of(batch)`."""
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.01)
+    for index in torch.arange(len(x)).split(batch_size):
+        loss = F.cross_entropy(head(features_of(x[index])), y[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def bench_pgd(size: Size, device: str) -> dict[str, float]:
+    kit = random_stack(device=device)
+    naive = copy.deepcopy(kit).requires_grad_(True)
+    x = torch.rand(size.images, 1, 28, 28, device=device)
+    y = kit(x).argmax(1).detach()  # labels the model gets right, so every example is attacked
+    kit_s = timed(lambda: kit_pgd_accuracy(kit, x, y, EPS, 10), device)
+    naive_s = timed(lambda: naive_pgd_accuracy(naive, x, y, EPS, 10), device)
+    return {"kit_images_per_s": size.images / kit_s, "naive_images_per_s": size.images / naive_s,
+            "ratio": naive_s / kit_s}
+
+
+def bench_slf(size: Size, device: str) -> dict[str, float]:
+    kit = random_stack(device=device)
+    naive = copy.deepcopy(kit).requires_grad_(True)
+    x = torch.rand(size.slf_images, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (size.slf_images,), device=device)
+    started = time.perf_counter()
+    features = extract_features(nn.Sequential(kit.preprocessor, kit.foundation), x).to(device)
+    extract_s = time.perf_counter() - started
+    kit_head, naive_head = LinearHead(features.shape[1], 10).to(device), LinearHead(features.shape[1], 10).to(device)
+    kit_s = timed(lambda: head_epoch(kit_head, lambda cached: cached, features, y), device)
+    naive_s = timed(lambda: head_epoch(naive_head, lambda b: naive.foundation(naive.preprocessor(b)), x, y), device)
+    epochs = size.slf_epochs
+    return {"kit_epoch_s": kit_s, "naive_epoch_s": naive_s, "ratio_per_epoch": naive_s / kit_s,
+            "feature_extraction_s": extract_s,
+            f"ratio_over_{epochs}_epochs": epochs * naive_s / (extract_s + epochs * kit_s)}
+
+
+def bench_scaling(size: Size, device: str) -> dict[str, list[list[float]]]:
+    """Kit PGD-10 seconds against the number of examples (default model) and against the model's hidden size."""
+    stack = random_stack(device=device)
+    by_images = []
+    for n in size.scaling_images:
+        x = torch.rand(n, 1, 28, 28, device=device)
+        y = stack(x).argmax(1).detach()
+        by_images.append([n, timed(lambda: kit_pgd_accuracy(stack, x, y, EPS, 10), device)])
+    by_model = []
+    x = torch.rand(size.scaling_images[0], 1, 28, 28, device=device)
+    for hidden in size.hidden_sizes:
+        model = random_stack(hidden, device)
+        params = sum(p.numel() for p in model.foundation.parameters())
+        y = model(x).argmax(1).detach()
+        by_model.append([params, timed(lambda: kit_pgd_accuracy(model, x, y, EPS, 10), device)])
+    return {"seconds_vs_images": by_images, "seconds_vs_foundation_parameters": by_model}
+
+
+def slope(points: list[list[float]]) -> float:
+    """Least-squares exponent of seconds against the work on a log-log scale."""
+    logs = torch.tensor(points).log()
+    dx = logs[:, 0] - logs[:, 0].mean()
+    return float((dx * (logs[:, 1] - logs[:, 1].mean())).sum() / (dx * dx).sum())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    size = SIZES[args.size]
+    started = time.perf_counter()
+    results = {"pgd10_evaluation": bench_pgd(size, args.device), "slf_head": bench_slf(size, args.device)}
+    scaling = bench_scaling(size, args.device)
+    device = device_name(args.device)
+    rows = [("PGD-10 evaluation", f"{results['pgd10_evaluation']['kit_images_per_s']:.1f} img/s",
+             f"{results['pgd10_evaluation']['naive_images_per_s']:.1f} img/s", results["pgd10_evaluation"]["ratio"]),
+            ("SLF head epoch (cached features)", f"{results['slf_head']['kit_epoch_s']:.3f} s",
+             f"{results['slf_head']['naive_epoch_s']:.2f} s", results["slf_head"]["ratio_per_epoch"])]
+    table = "\n".join([f"Device: {device}; size {args.size}; torch {torch.__version__}", "",
+                        "| benchmark | kit | naive | speed-up |", "| --- | --- | --- | --- |",
+                        *(f"| {name} | {kit} | {naive} | {ratio:.1f}x |" for name, kit, naive, ratio in rows), "",
+                        f"SLF one-off feature extraction {results['slf_head']['feature_extraction_s']:.2f} s; "
+                        f"over {size.slf_epochs} epochs, extraction included: "
+                        f"{results['slf_head'][f'ratio_over_{size.slf_epochs}_epochs']:.1f}x.",
+                        f"PGD-10 time grows as (examples)^{slope(scaling['seconds_vs_images']):.2f} and "
+                        f"(foundation parameters)^{slope(scaling['seconds_vs_foundation_parameters']):.2f}.",
+                        f"Whole benchmark: {time.perf_counter() - started:.0f} s."])
+    print(table)
+    slug = device.split(" ")[0] + ("-" + torch.cuda.get_device_name().replace(" ", "-") if args.device == "cuda" else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / f"{slug}-{args.size}.json", {"device": device, "size": args.size, **results,
+                                                       "scaling": scaling, "versions": library_versions(),
+                                                       "platform": platform.platform()})
+    atomic_write_bytes(args.out / f"{slug}-{args.size}.md", (table + "\n").encode())
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, (key, label) in zip(axes, [("seconds_vs_images", "examples attacked"),
+                                       ("seconds_vs_foundation_parameters", "foundation-model parameters")]):
+        points = torch.tensor(scaling[key])
+        ax.loglog(points[:, 0], points[:, 1], "o-")
+        ax.set(xlabel=label, ylabel="PGD-10 seconds", title=f"slope {slope(scaling[key]):.2f}")
+    fig.suptitle(device, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out / f"{slug}-{args.size}-scaling.png", dpi=130)
+
+
+if __name__ == "__main__":
+    main()
