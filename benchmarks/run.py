@@ -7,8 +7,9 @@ Speed does not depend on the weights, so the stack is the embedded architecture 
 auto-encoder, linear head) with random weights: nothing is downloaded or pre-trained. Each benchmark reports
 images per second for the kit and for the naive loop, and their ratio; the tables go to
 `benchmarks/results/<device>.{json,md}` and a log-log plot of how the kit's PGD cost grows with the work.
-- PGD-10 evaluation. Kit: `cropkit.evaluate` (frozen parameters, so no weight gradients; clean pass under
-  `inference_mode`; torchattacks PGD). Naive: parameters left trainable and a hand-written PGD loop calling
+- PGD-10 evaluation. Kit: the evaluator's loop (`attack_batches` and `predict`: frozen parameters, so no weight
+  gradients; clean pass under `inference_mode`; torchattacks PGD); `evaluate` adds its structural checks, one
+  forward-backward of 32 images per call. Naive: parameters left trainable and a hand-written PGD loop calling
   `loss.backward()`, which fills every weight's `.grad` at every step; clean pass with autograd on.
 - SLF head, per epoch. Kit: the frozen stack's features computed once (`extract_features`), then each epoch
   trains the head on the cached tensor. Naive: each epoch recomputes the features through the trainable stack,
@@ -124,8 +125,10 @@ def bench_slf(size: Size, device: str) -> dict[str, float]:
     naive = copy.deepcopy(kit).requires_grad_(True)
     x = torch.rand(size.slf_images, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (size.slf_images,), device=device)
-    started = time.perf_counter()
+    started = time.perf_counter()  # a one-off cost: measured once, cold
     features = extract_features(nn.Sequential(kit.preprocessor, kit.foundation), x).to(device)
+    if device == "cuda":
+        torch.cuda.synchronize()
     extract_s = time.perf_counter() - started
     kit_head, naive_head = LinearHead(features.shape[1], 10).to(device), LinearHead(features.shape[1], 10).to(device)
     kit_s = timed(lambda: head_epoch(kit_head, lambda cached: cached, features, y), device)

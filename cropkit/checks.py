@@ -2,7 +2,8 @@
 
 `structural_checks` needs no attack (eval mode, determinism, logits out, usable input gradients), so
 `cropkit.evaluate` runs it on every evaluation and each record says whether the attacked model passed; the
-attack-based checks live in `cropkit.audit`.
+attack-based checks live in `cropkit.audit`. `evaluate` puts the pipeline in eval mode before checking, so
+there the train-mode check holds by construction; `audit.run` checks the pipeline as it was handed over.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def structural_checks(pipeline: nn.Module, x: Tensor, y: Tensor, num_classes: in
 
 def input_gradient(pipeline: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
     """d CE / d x through the whole pipeline, or None when autograd cannot reach the input (a detach inside)."""
-    probe = x.clone().requires_grad_(True)
-    loss = F.cross_entropy(pipeline(probe).float(), y, reduction="sum")
+    device = next(pipeline.parameters()).device
+    probe = x.to(device).clone().requires_grad_(True)
+    loss = F.cross_entropy(pipeline(probe).float(), y.to(device), reduction="sum")
     if not loss.requires_grad:
         return None
     (grad,) = torch.autograd.grad(loss, probe, allow_unused=True)

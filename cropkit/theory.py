@@ -6,7 +6,8 @@ head) `bound_terms` measures, per held-out example:
   (never below the clean loss: the clean image is in the ball);
 - the clean cross-entropy;
 - L_con of the pre-processor's encoder under FGSM-RS (the training attack) and under a multi-step PGD on L_con.
-`fit_bound` then finds the smallest kappa for which the bound holds for every model of a family, with a paired
+`fit_bound` then finds the smallest kappa for which the bound holds, in expectation (mean terms over the
+examples, as the theorem states it), for every model of a family, with a paired
 bootstrap interval over examples, the least-squares slope of the robustness gap on L_con through the origin,
 and the rank correlation between the two. A bound is consistent with the data when the gap grows with L_con
 and kappa stays bounded; how tight it is shows in each model's slack.
@@ -75,7 +76,7 @@ def bound_terms(
     encoder = pipeline.preprocessor.latent
     images, labels = data.tensors()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    attack = pgd(eps, ce_steps)
+    attack = pgd(eps, ce_steps).build(pipeline, n_classes=data.num_classes, seed=seed)
     clean_ce, adversarial_ce = torch.empty(len(labels)), torch.empty(len(labels))
     l_con = {"fgsm": torch.empty(len(labels)), "pgd": torch.empty(len(labels))}
     generator = torch.Generator().manual_seed(seed)
@@ -84,13 +85,15 @@ def bound_terms(
         x, y = images[index].to(device), labels[index].to(device)
         clean = _per_example_ce(pipeline, x, y)
         worst = clean.clone()
-        for _ in range(restarts):
-            x_adv = attack.build(pipeline, n_classes=data.num_classes, seed=seed)(x, y)
+        for _ in range(restarts):  # each restart draws a new random start
+            x_adv = attack(x, y)
             worst = torch.maximum(worst, _per_example_ce(pipeline, x_adv, y))
         clean_ce[index], adversarial_ce[index] = clean.cpu(), worst.cpu()
         negatives = y if label_negatives else None
-        z = encoder(x).detach()
-        for kind, steps, step in (("fgsm", 1, 1.25 * eps), ("pgd", con_steps, 2.5 * eps / con_steps)):
+        with torch.no_grad():
+            z = encoder(x)
+        # FGSM-RS (linf_ascent's one-step default, as in training) and PGD with the usual 2.5 eps / steps step.
+        for kind, steps, step in (("fgsm", 1, None), ("pgd", con_steps, 2.5 * eps / con_steps)):
             x_con = linf_ascent(lambda v: contrastive_loss(encoder(v), z, negatives, tau), x, eps, steps=steps,
                                 step=step, generator=generator)
             with torch.inference_mode():
@@ -128,14 +131,16 @@ def _kappa(gaps: np.ndarray, l_cons: np.ndarray) -> float:
 def fit_bound(family: Sequence[BoundTerms], *, l_con_attack: LConAttack = "pgd", n_bootstrap: int = 2000,
               level: float = 0.95, seed: int = 0) -> BoundFit:
     """Fit kappa over `family` (terms measured on the same examples), with a paired bootstrap over examples."""
-    if len(family) < 2:
-        raise ValueError("fit_bound needs at least two models to relate the robustness gap to L_con")
+    if len(family) < 3:
+        raise ValueError("fit_bound needs at least three models to relate the robustness gap to L_con")
     n = len(family[0].clean_ce)
     if any(len(t.clean_ce) != n for t in family):
         raise ValueError("every model's terms must be measured on the same examples")
     gaps = torch.stack([t.gap for t in family]).double().numpy()  # (models, examples)
     l_cons = torch.stack([t.l_con[l_con_attack] for t in family]).double().numpy()
     mean_gap, mean_con = gaps.mean(1), l_cons.mean(1)
+    if (mean_con <= 0).any():
+        raise ValueError("L_con must be positive for every model (InfoNCE with the positive in its denominator is)")
     kappa = _kappa(mean_gap, mean_con)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(n_bootstrap, n))

@@ -39,7 +39,7 @@ def audit_data(mnist):
 def test_audit_passes_on_identity(tiny_pipeline, audit_data):
     report = audit.run(tiny_pipeline, audit_data, 0.1, model="Identity", reference=tiny_pipeline)
     assert report.passed, report.table().to_string()
-    assert len(report.checks) == 10
+    assert len(report.checks) == 9  # no transfer check: the reference is the audited pipeline itself
     eps_curve = report.curves["accuracy vs eps"]
     assert eps_curve[0.0] > 0.3 and eps_curve[max(eps_curve)] <= 0.05
     assert report.verdict() == {"level": "full", "passed": True, "failed": []}
@@ -51,6 +51,11 @@ def test_audit_fails_on_a_rounding_preprocessor(tiny_pipeline, audit_data):
     assert not report.passed
     assert "input gradients finite and non-zero" in failed(report)
     assert "transfer attack weaker than white-box" in failed(report)  # the undefended model's examples do better
+
+
+def test_audit_needs_pgd_10_and_more_steps(tiny_pipeline, audit_data):
+    with pytest.raises(ValueError, match="include 10"):
+        audit.run(tiny_pipeline, audit_data, 0.1, steps=(1, 5, 10))
 
 
 def test_audit_fails_on_a_detach_inside(tiny_pipeline, audit_data):

@@ -30,11 +30,13 @@ def test_kappa_is_the_largest_gap_to_l_con_ratio_and_the_bound_holds_with_it():
     assert "kappa" in fit.statement()
 
 
-def test_fit_bound_rejects_too_few_models_or_unpaired_examples():
-    with pytest.raises(ValueError, match="at least two"):
-        fit_bound([terms("a", [1.0], 1.0)])
+def test_fit_bound_rejects_too_few_models_unpaired_examples_or_a_zero_l_con():
+    with pytest.raises(ValueError, match="at least three"):
+        fit_bound([terms("a", [1.0], 1.0), terms("b", [2.0], 1.0)])
     with pytest.raises(ValueError, match="same examples"):
-        fit_bound([terms("a", [1.0], 1.0), terms("b", [1.0, 2.0], 1.0)])
+        fit_bound([terms("a", [1.0], 1.0), terms("b", [1.0], 1.0), terms("c", [1.0, 2.0], 1.0)])
+    with pytest.raises(ValueError, match="positive"):
+        fit_bound([terms("a", [1.0], 1.0), terms("b", [2.0], 1.0), terms("c", [0.0], 1.0)])
 
 
 def test_multi_step_ascent_matches_fgsm_rs_at_one_step_and_beats_it_with_more(mnist):
