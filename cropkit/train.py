@@ -123,6 +123,24 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Ite
     return iter(torch.randperm(n, generator=generator).split(batch_size))
 
 
+def preprocessor_loss(model: nn.Module, config: PreprocessorConfig, x: Tensor, y: Tensor,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The training loss of `config.kind` on one batch, and its parts for the history (module docstring)."""
+    if config.kind == "adv-recon":
+        x_adv = fgsm_rs(lambda v: reconstruction_loss(model(v), x), x, config.eps, generator=generator)
+        recon = reconstruction_loss(model(x_adv), x)
+        return recon, {"recon": recon.item()}
+    recon = reconstruction_loss(model(x), x)
+    if config.kind == "recon":
+        return recon, {"recon": recon.item()}
+    negatives = None if config.label_free else y
+    z = model.latent(x)
+    x_adv = fgsm_rs(lambda v: contrastive_loss(model.latent(v), z.detach(), negatives, config.tau), x, config.eps,
+                    generator=generator)
+    con = contrastive_loss(model.latent(x_adv), z, negatives, config.tau)
+    return recon + config.lam * con, {"recon": recon.item(), "l_con": con.item()}
+
+
 def train_preprocessor(
     config: PreprocessorConfig, *, device: str | None = None, force: bool = False, progress: bool = True
 ) -> TrainedPreprocessor:
@@ -145,28 +163,14 @@ def train_preprocessor(
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
     scheduler = cosine_schedule(optimizer, steps)
 
-    def loss_on(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        if config.kind == "adv-recon":
-            x_adv = fgsm_rs(lambda v: reconstruction_loss(model(v), x), x, config.eps, generator=generator)
-            recon = reconstruction_loss(model(x_adv), x)
-            return recon, {"recon": recon.item()}
-        recon = reconstruction_loss(model(x), x)
-        if config.kind == "recon":
-            return recon, {"recon": recon.item()}
-        negatives = None if config.label_free else y
-        z = model.latent(x)
-        x_adv = fgsm_rs(lambda v: contrastive_loss(model.latent(v), z.detach(), negatives, config.tau), x,
-                        config.eps, generator=generator)
-        con = contrastive_loss(model.latent(x_adv), z, negatives, config.tau)
-        return recon + config.lam * con, {"recon": recon.item(), "l_con": con.item()}
-
     def run_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         model.train()
         sums: dict[str, float] = {}
         for batch in shuffled_batches(len(images), config.batch_size, generator):
             with _autocast(device):
-                loss, parts = loss_on(images[batch.to(device)], labels[batch.to(device)], generator)
+                loss, parts = preprocessor_loss(model, config, images[batch.to(device)], labels[batch.to(device)],
+                                                generator)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
