@@ -51,6 +51,21 @@ def mnist():
     return load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
 
 
+@pytest.fixture
+def l_con_of_input(mnist):
+    """(encoder model, 64 test images, L_con of perturbed images against their clean latents): a loss to attack."""
+    import torch
+
+    from cropkit.losses import contrastive_loss
+    from cropkit.models.autoencoder import ConvAutoEncoder
+
+    torch.manual_seed(0)
+    model = ConvAutoEncoder(1, 8, 16)
+    x, y = mnist[1].take(64).tensors()
+    z = model.latent(x).detach()
+    return model, x, lambda v: contrastive_loss(model.latent(v), z, y)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_foundation, mnist):
     """Identity pre-processor + tiny foundation model + linear head fitted on MNIST-5k features."""

@@ -44,12 +44,8 @@ def test_contrastive_loss_rejects_mismatched_batches():
         contrastive_loss(torch.zeros(4, 3), torch.zeros(5, 3))
 
 
-def test_fgsm_rs_raises_l_con_stays_in_the_ball_and_leaves_no_parameter_gradient(mnist):
-    torch.manual_seed(0)
-    model = ConvAutoEncoder(1, 8, 16)
-    x, y = mnist[1].take(64).tensors()
-    z = model.latent(x).detach()
-    loss = lambda v: contrastive_loss(model.latent(v), z, y)  # noqa: E731
+def test_fgsm_rs_raises_l_con_stays_in_the_ball_and_leaves_no_parameter_gradient(l_con_of_input):
+    model, x, loss = l_con_of_input
     eps = 0.1
     x_adv = fgsm_rs(loss, x, eps, generator=torch.Generator().manual_seed(0))
     x_rand = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * eps).clamp(0, 1)
