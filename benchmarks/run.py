@@ -8,8 +8,8 @@ auto-encoder, linear head) with random weights: nothing is downloaded or pre-tra
 images per second for the kit and for the naive loop, and their ratio; the tables go to
 `benchmarks/results/<device>.{json,md}` and a log-log plot of how the kit's PGD cost grows with the work.
 - PGD-10 evaluation. Kit: the evaluator's loop (`attack_batches` and `predict`: frozen parameters, so no weight
-  gradients; clean pass under `inference_mode`; torchattacks PGD); `evaluate` adds its structural checks, one
-  forward-backward of 32 images per call. Naive: parameters left trainable and a hand-written PGD loop calling
+  gradients; clean pass under `inference_mode`; torchattacks PGD); `evaluate` adds its structural checks, two
+  forward passes and one forward-backward of 32 images per call. Naive: parameters left trainable and a hand-written PGD loop calling
   `loss.backward()`, which fills every weight's `.grad` at every step; clean pass with autograd on.
 - CRoPD training step (reconstruction + lambda L_con with FGSM-RS views). Kit: `cropkit.train.preprocessor_loss`
   (the FGSM takes the input's gradient only). Naive: the FGSM gradient from `loss.backward()`, which also fills
