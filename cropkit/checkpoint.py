@@ -160,7 +160,8 @@ def resumable_training(
     """Run `run_epoch(epoch)` for each epoch not yet done, checkpointing to `directory` after every one.
 
     An interrupted run called again with the same config resumes after its last checkpoint (`restart` ignores
-    it). Returns the per-epoch history: the stats `run_epoch` returned, plus epoch number and wall-clock seconds.
+    it). Returns the per-epoch history: the stats `run_epoch` returned, plus the epoch number and the epoch's
+    wall-clock `seconds` (unless `run_epoch` returns its own, e.g. a `cropkit.cost` measure of training alone).
     """
     resumed = None if restart else load_training_state(
         directory, model=model, optimizer=optimizer, scheduler=scheduler, config=config)
@@ -169,8 +170,8 @@ def resumable_training(
     for epoch in bar:
         started = time.perf_counter()
         stats = run_epoch(epoch)
-        history.append({"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - started})
-        bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
+        history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - started, **stats})
+        bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if isinstance(v, float)})
         save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
                             epoch=epoch + 1, history=history, config=config)
     return history

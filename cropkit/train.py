@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from cropkit.attacks import validate_eps
 from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, resumable_training,
                                 save_weights)
+from cropkit.cost import measure
 from cropkit.data import load_dataset
 from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import Architecture, build_autoencoder
@@ -34,8 +35,9 @@ from cropkit.paths import cache_dir
 
 PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
-# Bump when a code change alters what training produces for the same config (it keys the cache).
-RECIPE_VERSION = 1
+# Bump when a code change alters what training produces for the same config (it keys the cache); 2: costs in
+# the history.
+RECIPE_VERSION = 2
 MONITOR_SIZE = 512  # held-out test images on which reconstruction and L_con are tracked every epoch
 
 
@@ -114,7 +116,8 @@ def monitored_contrastive_loss(model: nn.Module, images: Tensor, labels: Tensor 
         return float(contrastive_loss(model.latent(x_adv), model.latent(x), labels, tau))
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, nothing (fp32) elsewhere: the kit's mixed-precision policy for training."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
@@ -167,20 +170,21 @@ def train_preprocessor(
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         model.train()
         sums: dict[str, float] = {}
-        for batch in shuffled_batches(len(images), config.batch_size, generator):
-            with _autocast(device):
-                loss, parts = preprocessor_loss(model, config, images[batch.to(device)], labels[batch.to(device)],
-                                                generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch)
+        with measure(model, examples=len(images), device=device) as cost:
+            for batch in shuffled_batches(len(images), config.batch_size, generator):
+                with autocast(device):
+                    loss, parts = preprocessor_loss(model, config, images[batch.to(device)], labels[batch.to(device)],
+                                                    generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(batch)
         model.eval()
-        stats = {f"train_{k}": v / len(images) for k, v in sums.items()}
+        stats = {f"train_{k}": v / len(images) for k, v in sums.items()} | cost.fields()
         stats["test_psnr"] = psnr(model, monitor_x)
         stats["test_l_con"] = monitored_contrastive_loss(model, monitor_x, None if config.label_free else monitor_y,
                                                          config.eps, config.tau, config.seed)
