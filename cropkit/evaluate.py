@@ -41,8 +41,8 @@ def precision(device: torch.device) -> str:
 
 
 class _Fp32Logits(nn.Module):
-    """`model` under `autocast`, its logits cast to fp32: the attack's own arithmetic (loss, step, projection)
-    stays in fp32 while the forward and backward through the model run in bf16."""
+    """`model` under `autocast`, its logits cast to fp32: on CUDA the forward and backward through the model run
+    in bf16 while the attack's own arithmetic (loss, step, projection) stays in fp32. The identity on the CPU."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -51,6 +51,11 @@ class _Fp32Logits(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         with autocast(x.device):
             return self.model(x).float()
+
+
+def _pinned(t: Tensor, device: torch.device) -> Tensor:
+    """`t` in page-locked memory when it is bound for a GPU: faster copies, which need not block the host."""
+    return t.pin_memory() if device.type == "cuda" else t
 
 
 @torch.inference_mode()
@@ -73,7 +78,7 @@ def attack_batches(
     in order. On CUDA the model runs under bf16 autocast and hands the attack fp32 logits.
     """
     device = next(model.parameters()).device
-    attack = spec.build(_Fp32Logits(model) if device.type == "cuda" else model, n_classes=n_classes, seed=seed)
+    attack = spec.build(_Fp32Logits(model), n_classes=n_classes, seed=seed)
     image_batches, label_batches = images.split(batch_size), labels.split(batch_size)
     adversarial = []
     for b in tqdm(range(len(image_batches)) if batches is None else batches, desc=desc or spec.label, leave=False):
@@ -114,14 +119,13 @@ def evaluate(
     pipeline = pipeline.to(device).eval()
     model = torch.compile(pipeline, backend=compile) if compile is not None else pipeline
     images, labels = data.tensors()
-    if device.type == "cuda":
-        images = images.pin_memory()  # faster copies to the GPU, which need not block the host
     if audit is None:
         audit = AuditReport(model_name, attacks[0].eps if attacks else 0.0,
                             structural_checks(pipeline, images[:SAMPLE], labels[:SAMPLE], data.num_classes), full=False)
     started = time.perf_counter()
-    mine = distributed.shard(len(labels))
-    correct = distributed.gather_rows(predict(model, images[mine], batch_size) == labels[mine], len(labels))
+    part = distributed.shard(len(labels))
+    correct = distributed.gather_rows(predict(model, _pinned(images[part], device), batch_size) == labels[part],
+                                      len(labels))
     clean_seconds = time.perf_counter() - started
     clean_accuracy = correct.float().mean().item()
     base = {
@@ -140,16 +144,16 @@ def evaluate(
         **provenance(device),
     }
     records = []
-    attacked, attacked_labels = images[correct], labels[correct]
+    attacked, attacked_labels = _pinned(images[correct], device), labels[correct]
     n_batches = math.ceil(len(attacked_labels) / batch_size)
     batches = range(n_batches)[distributed.shard(n_batches)]
-    mine = slice(batches.start * batch_size, batches.stop * batch_size)
+    rows = slice(batches.start * batch_size, batches.stop * batch_size)
     for spec in attacks:
         started = time.perf_counter()
         x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
                                batch_size=batch_size, batches=batches,
                                desc=f"{model_name}: {spec.label} eps={spec.eps:.4g}")
-        robust = (predict(model, x_adv, batch_size) == attacked_labels[mine]).sum() if len(x_adv) else torch.tensor(0)
+        robust = (predict(model, x_adv, batch_size) == attacked_labels[rows]).sum() if len(x_adv) else torch.tensor(0)
         records.append(base | {
             "attack": spec.label,
             "eps": spec.eps,

@@ -17,12 +17,8 @@ import torch
 
 import cropkit
 from cropkit import checkpoint, distributed
-from cropkit.data import load_dataset
 from cropkit.evaluate import evaluate
-from cropkit.heads import extract_features, train_linear_head
 from cropkit.losses import contrastive_loss
-from cropkit.models import FoundationModel, Pipeline
-from cropkit.pretrain import build_mae
 from cropkit.train import train_preprocessor
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -36,16 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def random_pipeline():
-    """Identity, a tiny ViT-MAE with random weights and a linear head fitted on the digits (seconds)."""
-    from conftest import TINY
-
-    foundation = FoundationModel(build_mae(TINY, num_channels=1).vit, [0.5], [0.5])
-    x, y = load_dataset("digits", "train").tensors()
-    return Pipeline(None, foundation, train_linear_head(extract_features(foundation, x), y, 10, weight_decay=1e-3))
 
 
 @pytest.fixture(scope="module")
@@ -127,22 +113,3 @@ def test_contrastive_loss_of_a_shard_is_its_rows_of_the_whole():
     with pytest.raises(ValueError, match="anchors from row 8"):
         contrastive_loss(z_adv[:3], z, first=8)
 
-
-def test_compiled_evaluation_matches_eager(random_pipeline, one_thread):
-    """Through torch.compile's graph capture (dynamo and AOTAutograd, forward and backward through the ViT).
-
-    The "aot_eager" backend keeps the test at seconds; "inductor" adds code generation, minutes on a small CPU.
-    """
-    data = load_dataset("digits", "test").take(64)
-    x, _ = data.tensors()
-    compiled = torch.compile(random_pipeline, backend="aot_eager")
-    with torch.inference_mode():
-        eager_logits, compiled_logits = random_pipeline(x), compiled(x)
-    torch.testing.assert_close(compiled_logits, eager_logits)
-    assert torch.equal(compiled_logits.argmax(1), eager_logits.argmax(1))
-    eager, through_compile = (evaluate(random_pipeline, data, [ATTACKS[0]], model_name="tiny", batch_size=32,
-                                       device="cpu", compile=backend)[0] for backend in (None, "aot_eager"))
-    assert (eager["compile"], through_compile["compile"]) == (None, "aot_eager")
-    assert through_compile["robust_accuracy"] < through_compile["clean_accuracy"]
-    assert (eager["clean_accuracy"], eager["robust_accuracy"]) == (through_compile["clean_accuracy"],
-                                                                   through_compile["robust_accuracy"])
