@@ -47,6 +47,7 @@ class _Fp32Logits(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.training = model.training  # torchattacks restores the mode it finds here after every attack
 
     def forward(self, x: Tensor) -> Tensor:
         with autocast(x.device):

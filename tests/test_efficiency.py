@@ -44,6 +44,7 @@ def test_attacks_under_bf16_autocast_get_fp32_logits_and_stay_in_the_ball(random
     x, y = digits.tensors()
     fp32_predictions = predict(random_pipeline, x)
     fp32_adversarial = attack_batches(random_pipeline, pgd(EPS, steps=3), x, y, n_classes=10, seed=0, batch_size=32)
+    assert not any(m.training for m in random_pipeline.modules())  # the attack's wrapper left the mode alone
     monkeypatch.setattr(evaluation, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
     head_outputs, attack_inputs = [], []
     handle = random_pipeline.head.register_forward_hook(lambda module, args, out: head_outputs.append(out.dtype))
