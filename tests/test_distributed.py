@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,10 @@ def test_contrastive_loss_of_a_shard_is_its_rows_of_the_whole():
     with pytest.raises(ValueError, match="anchors from row 8"):
         contrastive_loss(z_adv[:3], z, first=8)
 
+
+
+def test_a_batch_too_small_to_share_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(ValueError, match="2 ranks cannot share a batch of 1 images"):
+        train_preprocessor(replace(CONFIG, batch_size=1436), progress=False)  # 1437 digits = 1436 + 1
