@@ -33,11 +33,11 @@ from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory,
                                 save_weights)
 from cropkit.cost import measure
 from cropkit.data import ImageData
-from cropkit.evaluate import default_device
+from cropkit.evaluate import autocast, default_device
 from cropkit.losses import linf_ascent
 from cropkit.models import Pipeline
 from cropkit.paths import cache_dir
-from cropkit.train import autocast, shuffled_batches
+from cropkit.train import shuffled_batches
 
 Method = Literal["aft", "tecoa", "pmg-aft", "trades"]
 METHODS = ("aft", "tecoa", "pmg-aft", "trades")

@@ -78,6 +78,19 @@ def tiny_pipeline(tiny_foundation, mnist):
     return Pipeline(None, tiny_foundation, head)
 
 
+@pytest.fixture(scope="session")
+def random_pipeline():
+    """Identity, a tiny ViT-MAE with random weights and a linear head fitted on the digits (seconds, no pre-training)."""
+    from cropkit.data import load_dataset
+    from cropkit.heads import extract_features, train_linear_head
+    from cropkit.models import FoundationModel, Pipeline
+    from cropkit.pretrain import build_mae
+
+    foundation = FoundationModel(build_mae(TINY, num_channels=1).vit, [0.5], [0.5])
+    x, y = load_dataset("digits", "train").tensors()
+    return Pipeline(None, foundation, train_linear_head(extract_features(foundation, x), y, 10, weight_decay=1e-3))
+
+
 @pytest.fixture
 def interrupted_after_first_checkpoint(monkeypatch):
     """A context manager in which training dies (KeyboardInterrupt) right after writing its first checkpoint."""
