@@ -17,6 +17,9 @@ images per second for the kit and for the naive loop, and their ratio; the table
 - SLF head, per epoch. Kit: the frozen stack's features computed once (`extract_features`), then each epoch
   trains the head on the cached tensor. Naive: each epoch recomputes the features through the trainable stack,
   and the backward runs through it.
+- Model FLOPs utilisation of the PGD loop (GPU only): the kit's PGD-10 (`attack_batches`, bf16 autocast) on
+  ViT-MAE-Base and -Large at 224x224 (the published sizes, random weights), FLOPs of one step (forward and
+  input-gradient backward) counted by `torch.utils.flop_counter`, against the device's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import ViTMAEConfig, ViTMAEModel
 
 from cropkit.attacks import pgd
 from cropkit.checkpoint import atomic_write_bytes, write_json
-from cropkit.evaluate import attack_batches, predict
+from cropkit.evaluate import attack_batches, autocast, predict
 from cropkit.heads import LinearHead, extract_features
 from cropkit.losses import contrastive_loss, reconstruction_loss
 from cropkit.models import FoundationModel, Pipeline
@@ -55,10 +60,19 @@ class Size:
     slf_epochs: int
     scaling_images: tuple[int, ...]  # the work axis of the scaling plot
     hidden_sizes: tuple[int, ...]  # the model-size axis
+    mfu_images: int  # the PGD batch of the MFU measurement
 
 
-SIZES = {"small": Size(128, 2000, 3, (32, 64, 128, 256), (64, 128, 256)),
-         "full": Size(1024, 20000, 5, (256, 512, 1024, 2048), (128, 256, 512, 768))}
+SIZES = {"small": Size(128, 2000, 3, (32, 64, 128, 256), (64, 128, 256), 32),
+         "full": Size(1024, 20000, 5, (256, 512, 1024, 2048), (128, 256, 512, 768), 256)}
+# The published ViT-MAE encoders (He et al. 2022; facebook/vit-mae-base, -large), 224x224 images, 16x16 patches.
+VIT_MAE = {"ViT-MAE-Base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                            "intermediate_size": 3072},
+           "ViT-MAE-Large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                             "intermediate_size": 4096}}
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's data sheets; the first name found in the
+# device's name applies, so the PCIe H100 comes before the SXM one.
+BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("A100", 312.0))
 
 
 def random_stack(hidden_size: int = 128, device: str = "cpu") -> Pipeline:
@@ -197,6 +211,49 @@ def bench_scaling(size: Size, device: str) -> dict[str, list[list[float]]]:
     return {"seconds_vs_images": by_images, "seconds_vs_foundation_parameters": by_model}
 
 
+def bf16_peak_flops(device_name: str) -> float:
+    """The dense bf16 peak (FLOP/s) of the GPU called `device_name`."""
+    for name, tflops in BF16_PEAK_TFLOPS:
+        if name in device_name:
+            return tflops * 1e12
+    raise ValueError(f"no bf16 peak known for {device_name!r}; add it to BF16_PEAK_TFLOPS")
+
+
+def vit_mae_stack(sizes: dict[str, int], device: str) -> Pipeline:
+    """Identity, a ViT-MAE encoder of `sizes` at 224x224 with random weights (nothing downloaded), a linear head."""
+    torch.manual_seed(0)
+    config = ViTMAEConfig(image_size=224, patch_size=16, num_channels=3, mask_ratio=0.0, **sizes)
+    foundation = FoundationModel(ViTMAEModel(config), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    return Pipeline(None, foundation, LinearHead(config.hidden_size, 10).requires_grad_(False)).to(device)
+
+
+def pgd_step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
+    """FLOPs of one PGD step as the kit's attack runs it: forward and the input's gradient, under `autocast`."""
+    x = x.clone().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter, autocast(x.device):
+        F.cross_entropy(model(x).float(), y).backward(inputs=[x])  # the counter's hooks refuse autograd.grad
+    return counter.get_total_flops()
+
+
+def bench_mfu(size: Size, device: str, steps: int = 10) -> dict[str, dict[str, float]]:
+    """PGD-10 model FLOPs utilisation on ViT-MAE-Base and -Large against the GPU's bf16 peak."""
+    peak = bf16_peak_flops(torch.cuda.get_device_name())
+    results = {}
+    for name, sizes in VIT_MAE.items():
+        model = vit_mae_stack(sizes, device)
+        x = torch.rand(size.mfu_images, 3, 224, 224)  # on the CPU, as `evaluate` hands images over
+        y = predict(model, x).clone()  # every example is attacked (a normal tensor, not an inference one)
+        step_flops = pgd_step_flops(model, x.to(device), y.to(device))
+        seconds = timed(lambda: attack_batches(model, pgd(EPS, steps), x, y, n_classes=10, seed=0,
+                                               batch_size=size.mfu_images), device)
+        results[name] = {"images": size.mfu_images, "pgd_step_tflop": step_flops / 1e12, "seconds": seconds,
+                         "tflops_per_s": steps * step_flops / seconds / 1e12, "bf16_peak_tflops": peak / 1e12,
+                         "mfu": steps * step_flops / seconds / peak}
+        del model
+        torch.cuda.empty_cache()
+    return results
+
+
 def slope(points: list[list[float]]) -> float:
     """Least-squares exponent of seconds against the work on a log-log scale."""
     logs = torch.tensor(points).log()
@@ -215,6 +272,13 @@ def main() -> None:
     results = {"pgd10_evaluation": bench_pgd(size, args.device), "cropd_training_step": bench_cropd_step(args.device),
                "slf_head": bench_slf(size, args.device)}
     scaling = bench_scaling(size, args.device)
+    if args.device == "cuda":
+        results["pgd10_mfu"] = bench_mfu(size, args.device)
+        mfu_lines = [f"PGD-10 MFU, {name} 224x224, {r['images']} images, bf16 autocast: {r['tflops_per_s']:.0f} "
+                     f"TFLOP/s = {100 * r['mfu']:.1f}% of the {r['bf16_peak_tflops']:.0f} TFLOP/s bf16 peak"
+                     for name, r in results["pgd10_mfu"].items()]
+    else:
+        mfu_lines = ["PGD-10 MFU: not measured (it needs a CUDA GPU and its bf16 peak)."]
     device = device_name(args.device)
     rows = [("PGD-10 evaluation", f"{results['pgd10_evaluation']['kit_images_per_s']:.1f} img/s",
              f"{results['pgd10_evaluation']['naive_images_per_s']:.1f} img/s", results["pgd10_evaluation"]["ratio"]),
@@ -230,6 +294,7 @@ def main() -> None:
                         f"{results['slf_head'][f'ratio_over_{size.slf_epochs}_epochs']:.1f}x.",
                         f"PGD-10 time grows as (examples)^{slope(scaling['seconds_vs_images']):.2f} and "
                         f"(foundation parameters)^{slope(scaling['seconds_vs_foundation_parameters']):.2f}.",
+                        *mfu_lines,
                         f"Whole benchmark: {time.perf_counter() - started:.0f} s."])
     print(table)
     slug = device.split(" ")[0] + ("-" + torch.cuda.get_device_name().replace(" ", "-") if args.device == "cuda" else "")

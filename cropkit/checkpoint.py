@@ -25,6 +25,8 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from tqdm import tqdm
 
+from cropkit import distributed
+
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write `payload` to `path` through a temporary file and a rename, so readers never see half a file."""
@@ -160,7 +162,9 @@ def resumable_training(
     """Run `run_epoch(epoch)` for each epoch not yet done, checkpointing to `directory` after every one.
 
     An interrupted run called again with the same config resumes after its last checkpoint (`restart` ignores
-    it). Returns the per-epoch history: the stats `run_epoch` returned, plus epoch number and wall-clock seconds.
+    it). Returns the per-epoch history: the stats `run_epoch` returned, plus the epoch number and the epoch's
+    wall-clock `seconds` (unless `run_epoch` returns its own, e.g. a `cropkit.cost` measure of training alone).
+    Under torchrun rank 0 alone writes the checkpoint, and every rank waits for it before the next epoch.
     """
     resumed = None if restart else load_training_state(
         directory, model=model, optimizer=optimizer, scheduler=scheduler, config=config)
@@ -169,10 +173,12 @@ def resumable_training(
     for epoch in bar:
         started = time.perf_counter()
         stats = run_epoch(epoch)
-        history.append({"epoch": epoch + 1, **stats, "seconds": time.perf_counter() - started})
-        bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items()})
-        save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
-                            epoch=epoch + 1, history=history, config=config)
+        history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - started, **stats})
+        bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if isinstance(v, float)})
+        if distributed.is_main():
+            save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
+                                epoch=epoch + 1, history=history, config=config)
+        distributed.barrier()
     return history
 
 

@@ -8,15 +8,18 @@ the full one (`cropkit.audit.run`) when its report is passed in, else the struct
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cropkit import distributed
 from cropkit.attacks import IMPLEMENTATION, AttackSpec
 from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
@@ -27,26 +30,61 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def autocast(device: torch.device) -> AbstractContextManager[None]:
+    """bf16 autocast on CUDA (matrix products in bf16, reductions and losses in fp32); fp32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def precision(device: torch.device) -> str:
+    """How `autocast` runs models on `device`, as the records state it."""
+    return "bf16 autocast" if device.type == "cuda" else "fp32"
+
+
+class _Fp32Logits(nn.Module):
+    """`model` under `autocast`, its logits cast to fp32: on CUDA the forward and backward through the model run
+    in bf16 while the attack's own arithmetic (loss, step, projection) stays in fp32. The identity on the CPU."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # torchattacks restores the mode it finds here after every attack
+
+    def forward(self, x: Tensor) -> Tensor:
+        with autocast(x.device):
+            return self.model(x).float()
+
+
+def _pinned(t: Tensor, device: torch.device) -> Tensor:
+    """`t` in page-locked memory when it is bound for a GPU: faster copies, which need not block the host."""
+    return t.pin_memory() if device.type == "cuda" else t
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Predicted classes of `images` (on the model's device), returned on the CPU."""
+    """Predicted classes of `images` (on the model's device, under `autocast`), returned on the CPU."""
     device = next(model.parameters()).device
-    return torch.cat([model(x.to(device)).argmax(dim=1).cpu() for x in images.split(batch_size)])
+    with autocast(device):
+        return torch.cat([model(x.to(device, non_blocking=True)).argmax(dim=1)
+                          for x in images.split(batch_size)]).cpu()
 
 
 def attack_batches(
     model: nn.Module, spec: AttackSpec, images: Tensor, labels: Tensor, *, n_classes: int, seed: int,
-    batch_size: int = 256, desc: str | None = None,
+    batch_size: int = 256, batches: range | None = None, desc: str | None = None,
 ) -> Tensor:
-    """Adversarial examples for `images` (CPU tensors in [0, 1]) made batch by batch on the model's device."""
+    """Adversarial examples for `images` (CPU tensors in [0, 1]) made batch by batch on the model's device.
+
+    The random start of batch b is seeded from (`seed`, b), so an example meets the same attack whichever process
+    attacks it: `batches` (default: all) is a data-parallel rank's share, and the result holds their examples
+    in order. On CUDA the model runs under bf16 autocast and hands the attack fp32 logits.
+    """
     device = next(model.parameters()).device
-    torch.manual_seed(seed)  # torchattacks draws random starts from the global generator
-    if device.type == "cuda":
-        torch.cuda.manual_seed_all(seed)
-    attack = spec.build(model, n_classes=n_classes, seed=seed)
+    attack = spec.build(_Fp32Logits(model), n_classes=n_classes, seed=seed)
+    image_batches, label_batches = images.split(batch_size), labels.split(batch_size)
     adversarial = []
-    for x, y in tqdm(list(zip(images.split(batch_size), labels.split(batch_size))), desc=desc or spec.label, leave=False):
-        x, y = x.to(device), y.to(device)
+    for b in tqdm(range(len(image_batches)) if batches is None else batches, desc=desc or spec.label, leave=False):
+        x, y = image_batches[b].to(device, non_blocking=True), label_batches[b].to(device, non_blocking=True)
+        torch.manual_seed(seed * 100_003 + b)  # torchattacks draws random starts from the global generators
         x_adv = attack(x, y)
         if (x_adv - x).abs().max() > spec.eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
             raise RuntimeError(f"{spec.label} returned examples outside the eps={spec.eps} ball or [0, 1]")
@@ -66,20 +104,29 @@ def evaluate(
     results: str | os.PathLike[str] | None = None,
     setup: dict[str, Any] | None = None,
     audit: AuditReport | None = None,
+    compile: str | None = None,
 ) -> list[dict[str, Any]]:
     """Clean and robust accuracy of `pipeline` on `data` under each attack; append the records to `results`.
 
     `setup` describes the model (pre-processor, foundation model, head) and is stored with every record;
     `audit` is the model's full audit report, if one was run (otherwise the structural checks are run here).
+    `compile` names a `torch.compile` backend ("inductor", PyTorch's default, for speed) through which the clean
+    passes and the attacks run; None runs them eagerly.
+    Under torchrun every rank calls it alike: the clean pass is split by examples and the attacks by batches
+    (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
+    the one-process ones.
     """
     device = torch.device(device) if device is not None else default_device()
     pipeline = pipeline.to(device).eval()
+    model = torch.compile(pipeline, backend=compile) if compile is not None else pipeline
     images, labels = data.tensors()
     if audit is None:
         audit = AuditReport(model_name, attacks[0].eps if attacks else 0.0,
                             structural_checks(pipeline, images[:SAMPLE], labels[:SAMPLE], data.num_classes), full=False)
     started = time.perf_counter()
-    correct = predict(pipeline, images, batch_size) == labels
+    part = distributed.shard(len(labels))
+    correct = distributed.gather_rows(predict(model, _pinned(images[part], device), batch_size) == labels[part],
+                                      len(labels))
     clean_seconds = time.perf_counter() - started
     clean_accuracy = correct.float().mean().item()
     base = {
@@ -92,22 +139,30 @@ def evaluate(
         "seed": seed,
         "clean_accuracy": clean_accuracy,
         "audit": audit.verdict(),
+        "precision": precision(device),
+        "compile": compile,
+        "processes": distributed.world_size(),
         **provenance(device),
     }
     records = []
+    attacked, attacked_labels = _pinned(images[correct], device), labels[correct]
+    n_batches = math.ceil(len(attacked_labels) / batch_size)
+    batches = range(n_batches)[distributed.shard(n_batches)]
+    rows = slice(batches.start * batch_size, batches.stop * batch_size)
     for spec in attacks:
         started = time.perf_counter()
-        x_adv = attack_batches(pipeline, spec, images[correct], labels[correct], n_classes=data.num_classes,
-                               seed=seed, batch_size=batch_size, desc=f"{model_name}: {spec.label} eps={spec.eps:.4g}")
-        robust = int((predict(pipeline, x_adv, batch_size) == labels[correct]).sum()) if len(x_adv) else 0
+        x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
+                               batch_size=batch_size, batches=batches,
+                               desc=f"{model_name}: {spec.label} eps={spec.eps:.4g}")
+        robust = (predict(model, x_adv, batch_size) == attacked_labels[rows]).sum() if len(x_adv) else torch.tensor(0)
         records.append(base | {
             "attack": spec.label,
             "eps": spec.eps,
             "attack_settings": spec.settings(),
             "implementation": IMPLEMENTATION,
-            "robust_accuracy": robust / len(labels),
+            "robust_accuracy": int(distributed.sum_across(robust)) / len(labels),
             "runtime_s": clean_seconds + time.perf_counter() - started,
         })
-    if results is not None:
+    if results is not None and distributed.is_main():
         append_records(results, records)
     return records

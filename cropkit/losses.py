@@ -26,32 +26,42 @@ def reconstruction_loss(reconstruction: Tensor, x: Tensor) -> Tensor:
 
 
 def contrastive_loss(z_adv: Tensor, z: Tensor, labels: Tensor | None = None, tau: float = 0.5,
-                     reduction: Literal["mean", "none"] = "mean") -> Tensor:
+                     reduction: Literal["mean", "none"] = "mean", first: int | None = None) -> Tensor:
     """L_con: -log( exp(s_ii / tau) / (exp(s_ii / tau) + sum_{j in negatives(i)} exp(s_ij / tau)) ), averaged.
 
-    `s_ij` is the cosine similarity of `z_adv[i]` and `z[j]`. With `labels`, negatives(i) are the samples of
-    other classes; without, every j != i. `reduction="none"` gives each anchor's term.
+    `s_ij` is the cosine similarity of `z_adv[i]` and `z[j]`. With `labels` (those of `z`), negatives(i) are the
+    samples of other classes; without, every j != i. `reduction="none"` gives each anchor's term. With `first`,
+    the anchors are a slice of the batch (a data-parallel rank's shard): `z_adv[i]` is the view of `z[first + i]`.
     """
-    if z_adv.shape != z.shape or z.ndim != 2:
-        raise ValueError(f"expected two (N, D) latent batches, got {tuple(z_adv.shape)} and {tuple(z.shape)}")
+    if z.ndim != 2 or (z_adv.shape != z.shape if first is None else
+                       z_adv.ndim != 2 or z_adv.shape[1] != z.shape[1] or not 0 <= first <= len(z) - len(z_adv)):
+        raise ValueError(f"expected two (N, D) latent batches, got {tuple(z_adv.shape)} and {tuple(z.shape)}"
+                         + ("" if first is None else f" with anchors from row {first}"))
+    anchors = torch.arange(len(z_adv), device=z.device) + (first or 0)
     similarity = F.normalize(z_adv, dim=1) @ F.normalize(z, dim=1).T / tau
-    same = torch.eye(len(z), dtype=torch.bool, device=z.device)
-    negatives = ~same if labels is None else labels[:, None] != labels[None, :]
+    same = anchors[:, None] == torch.arange(len(z), device=z.device)[None, :]
+    negatives = ~same if labels is None else labels[anchors, None] != labels[None, :]
     logits = similarity.masked_fill(~(negatives | same), float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(z), device=z.device), reduction=reduction)
+    return F.cross_entropy(logits, anchors, reduction=reduction)
 
 
 def linf_ascent(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float, *, steps: int = 1,
-                step: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+                step: float | None = None, generator: torch.Generator | None = None,
+                noise: Tensor | None = None) -> Tensor:
     """Maximise `loss_of_input` in the L-inf ball around `x`: uniform random start, then `steps` signed-gradient
     steps of size `step` (default 1.25 * eps), each projected back to the ball and to [0, 1].
 
-    Only the input's gradient is taken (`torch.autograd.grad`), so no parameter gradient is accumulated.
+    The start is `x + (2 * noise - 1) * eps`, `noise` uniform in [0, 1) drawn from `generator` unless given (a
+    data-parallel rank passes its rows of the whole batch's draw). Only the input's gradient is taken
+    (`torch.autograd.grad`), so no parameter gradient is accumulated.
     """
     if eps == 0:
         return x.detach()
     step = 1.25 * eps if step is None else step
-    noise = torch.rand(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
+    if noise is None:
+        noise = torch.rand(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
+    elif noise.shape != x.shape:
+        raise ValueError(f"noise of shape {tuple(noise.shape)} for inputs of shape {tuple(x.shape)}")
     x_adv = (x + (noise.to(x.device) * 2 - 1) * eps).clamp(0, 1).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
@@ -62,6 +72,6 @@ def linf_ascent(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float
 
 
 def fgsm_rs(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float, step_factor: float = 1.25,
-            generator: torch.Generator | None = None) -> Tensor:
+            generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
     """FGSM-RS: one step of `step_factor * eps` from a uniform random start in the L-inf ball; in [0, 1]."""
-    return linf_ascent(loss_of_input, x, eps, steps=1, step=step_factor * eps, generator=generator)
+    return linf_ascent(loss_of_input, x, eps, steps=1, step=step_factor * eps, generator=generator, noise=noise)

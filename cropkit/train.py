@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,18 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cropkit import distributed
 from cropkit.attacks import validate_eps
 from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, resumable_training,
                                 save_weights)
+from cropkit.cost import measure
 from cropkit.data import load_dataset
+from cropkit.evaluate import autocast
 from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import Architecture, build_autoencoder
 from cropkit.paths import cache_dir
 
 PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
-# Bump when a code change alters what training produces for the same config (it keys the cache).
-RECIPE_VERSION = 1
+# Bump when a code change alters what training produces for the same config (it keys the cache); 2: costs in
+# the history.
+RECIPE_VERSION = 2
 MONITOR_SIZE = 512  # held-out test images on which reconstruction and L_con are tracked every epoch
 
 
@@ -114,37 +117,52 @@ def monitored_contrastive_loss(model: nn.Module, images: Tensor, labels: Tensor 
         return float(contrastive_loss(model.latent(x_adv), model.latent(x), labels, tau))
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """Index batches of a random permutation of range(n)."""
     return iter(torch.randperm(n, generator=generator).split(batch_size))
 
 
 def preprocessor_loss(model: nn.Module, config: PreprocessorConfig, x: Tensor, y: Tensor,
-                      generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
-    """The training loss of `config.kind` on one batch, and its parts for the history (module docstring)."""
+                      generator: torch.Generator | None = None,
+                      part: slice | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The training loss of `config.kind` on one batch, and its parts for the history (module docstring).
+
+    Under data parallelism each rank passes the whole batch and its `part` (`distributed.shard`) and computes
+    only those rows: it returns their share of the batch-mean loss (the history parts are its rows' means), so
+    the ranks' losses and gradients add up to the one-process ones. FGSM-RS starts from the rows of one draw for
+    the whole batch, and L_con's clean latents are gathered from every rank with their gradient.
+    """
+    part = slice(0, len(x)) if part is None else part
+    x_all, x = x, x[part]
+    share = len(x) / len(x_all)
+
+    def fgsm_view(loss_of_input: Callable[[Tensor], Tensor]) -> Tensor:
+        noise = torch.rand(x_all.shape, generator=generator, device="cpu" if generator is not None else x.device)
+        return fgsm_rs(loss_of_input, x, config.eps, noise=noise[part])
+
     if config.kind == "adv-recon":
-        x_adv = fgsm_rs(lambda v: reconstruction_loss(model(v), x), x, config.eps, generator=generator)
+        x_adv = fgsm_view(lambda v: reconstruction_loss(model(v), x))
         recon = reconstruction_loss(model(x_adv), x)
-        return recon, {"recon": recon.item()}
+        return share * recon, {"recon": recon.item()}
     recon = reconstruction_loss(model(x), x)
     if config.kind == "recon":
-        return recon, {"recon": recon.item()}
+        return share * recon, {"recon": recon.item()}
     negatives = None if config.label_free else y
-    z = model.latent(x)
-    x_adv = fgsm_rs(lambda v: contrastive_loss(model.latent(v), z.detach(), negatives, config.tau), x, config.eps,
-                    generator=generator)
-    con = contrastive_loss(model.latent(x_adv), z, negatives, config.tau)
-    return recon + config.lam * con, {"recon": recon.item(), "l_con": con.item()}
+    z = distributed.gather_rows(model.latent(x), len(x_all))
+    x_adv = fgsm_view(lambda v: contrastive_loss(model.latent(v), z.detach(), negatives, config.tau, first=part.start))
+    con = contrastive_loss(model.latent(x_adv), z, negatives, config.tau, first=part.start)
+    return share * (recon + config.lam * con), {"recon": recon.item(), "l_con": con.item()}
 
 
 def train_preprocessor(
     config: PreprocessorConfig, *, device: str | None = None, force: bool = False, progress: bool = True
 ) -> TrainedPreprocessor:
-    """Train (or load from the cache) the pre-processor for `config`. The foundation model takes no part."""
+    """Train (or load from the cache) the pre-processor for `config`. The foundation model takes no part.
+
+    Under torchrun (after `distributed.init()`) every rank calls it alike: each computes its shard of every
+    batch of `config.batch_size`, gradients and history are summed across ranks, rank 0 writes the checkpoints,
+    and the result equals one-process training. The cache folder must be shared by the ranks (one file system).
+    """
     out = preprocessor_dir(config)
     train = load_dataset(config.dataset, "train")
     pixel_mean = float(train.images.float().mean() / 255)
@@ -162,25 +180,35 @@ def train_preprocessor(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
     scheduler = cosine_schedule(optimizer, steps)
+    smallest_batch = len(images) % config.batch_size or config.batch_size
+    if smallest_batch < distributed.world_size():
+        raise ValueError(f"{distributed.world_size()} ranks cannot share a batch of {smallest_batch} images (the "
+                         f"last of each epoch of {len(images)}); choose another batch_size")
 
     def run_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         model.train()
         sums: dict[str, float] = {}
-        for batch in shuffled_batches(len(images), config.batch_size, generator):
-            with _autocast(device):
-                loss, parts = preprocessor_loss(model, config, images[batch.to(device)], labels[batch.to(device)],
-                                                generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch)
+        with measure(model, examples=len(images), device=device) as cost:
+            for batch in shuffled_batches(len(images), config.batch_size, generator):
+                part = distributed.shard(len(batch))
+                with autocast(device):
+                    loss, parts = preprocessor_loss(model, config, images[batch.to(device)],
+                                                    labels[batch.to(device)], generator, part)
+                whole_batch_loss = distributed.sum_across(loss.detach())
+                if not torch.isfinite(whole_batch_loss):
+                    raise FloatingPointError(
+                        f"{config.name}: loss became {whole_batch_loss.item()} at epoch {epoch + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                distributed.sum_gradients(model)
+                optimizer.step()
+                scheduler.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * (part.stop - part.start)
         model.eval()
-        stats = {f"train_{k}": v / len(images) for k, v in sums.items()}
+        totals = distributed.sum_across(torch.tensor(list(sums.values()), dtype=torch.float64, device=device))
+        stats = {f"train_{k}": float(v) / len(images) for k, v in zip(sums, totals)} | cost.fields()
         stats["test_psnr"] = psnr(model, monitor_x)
         stats["test_l_con"] = monitored_contrastive_loss(model, monitor_x, None if config.label_free else monitor_y,
                                                          config.eps, config.tau, config.seed)
@@ -189,8 +217,11 @@ def train_preprocessor(
     partial = out.with_name(out.name + ".partial")
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
                                  config=asdict(config), epochs=config.epochs, run_epoch=run_epoch,
-                                 desc=f"{config.name} on {config.dataset}", progress=progress, restart=force)
+                                 desc=f"{config.name} on {config.dataset}", progress=progress and distributed.is_main(),
+                                 restart=force)
     model.cpu().requires_grad_(False).eval()
-    save_weights(model, out, {"preprocessor": asdict(config), "history": history})
-    shutil.rmtree(partial, ignore_errors=True)
+    if distributed.is_main():
+        save_weights(model, out, {"preprocessor": asdict(config), "history": history})
+        shutil.rmtree(partial, ignore_errors=True)
+    distributed.barrier()
     return TrainedPreprocessor(model, config, history, out)

@@ -78,6 +78,19 @@ def tiny_pipeline(tiny_foundation, mnist):
     return Pipeline(None, tiny_foundation, head)
 
 
+@pytest.fixture(scope="session")
+def random_pipeline():
+    """Identity, a tiny ViT-MAE with random weights and a linear head fitted on the digits (seconds, no pre-training)."""
+    from cropkit.data import load_dataset
+    from cropkit.heads import extract_features, train_linear_head
+    from cropkit.models import FoundationModel, Pipeline
+    from cropkit.pretrain import build_mae
+
+    foundation = FoundationModel(build_mae(TINY, num_channels=1).vit, [0.5], [0.5])
+    x, y = load_dataset("digits", "train").tensors()
+    return Pipeline(None, foundation, train_linear_head(extract_features(foundation, x), y, 10, weight_decay=1e-3))
+
+
 @pytest.fixture
 def interrupted_after_first_checkpoint(monkeypatch):
     """A context manager in which training dies (KeyboardInterrupt) right after writing its first checkpoint."""
@@ -99,3 +112,28 @@ def interrupted_after_first_checkpoint(monkeypatch):
             monkeypatch.setattr(checkpoint, "save_training_state", real_save)
 
     return interrupted
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A randomly initialised two-layer CLIP with a byte-level tokenizer (no merges), saved like a hub checkpoint."""
+    import torch
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-clip")
+    chars = sorted(ByteLevel.alphabet())
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(chars + [c + "</w>" for c in chars] + specials)}
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=40, bos_token_id=vocab[specials[0]],
+                         eos_token_id=vocab[specials[1]]),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=28, patch_size=7),
+        projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
+    return path

@@ -43,6 +43,11 @@ def test_incomplete_checkpoint_is_refused(tmp_path, tiny_config):
         FoundationModel.from_pretrained(tmp_path)
 
 
+def test_attention_runs_through_sdpa(tiny_foundation):
+    """PyTorch's fused attention (flash or memory-efficient kernels on a GPU), the default a checkpoint loads with."""
+    assert tiny_foundation.encoder.config._attn_implementation == "sdpa"
+
+
 def test_frozen_but_differentiable(tiny_foundation, mnist):
     tiny_foundation.train()  # a caller asking for train mode must not unfreeze it
     assert not tiny_foundation.training and not any(m.training for m in tiny_foundation.modules())

@@ -79,6 +79,13 @@ class FoundationModel(nn.Module):
         processor = AutoImageProcessor.from_pretrained(name_or_path)
         return cls(encoder, list(processor.image_mean), list(processor.image_std), pooling, name=str(name_or_path))
 
+    def last_blocks(self, n: int) -> list[nn.Module]:
+        """The last `n` transformer layers and the norm after them: what fine-tuning the top of the model trains."""
+        layers = self.encoder.layers
+        if not 1 <= n <= len(layers):
+            raise ValueError(f"last_blocks must be between 1 and {len(layers)} for this model, got {n}")
+        return [*layers[-n:], self.encoder.layernorm]
+
     def train(self, mode: bool = True) -> FoundationModel:
         """Stay in eval mode whatever the caller asks: the foundation model is frozen."""
         return super().train(False)

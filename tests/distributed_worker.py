@@ -1,0 +1,60 @@
+"""The two-process half of tests/test_distributed.py, run as `torchrun --nproc_per_node 2 distributed_worker.py OUT`.
+
+Each rank makes exactly the calls one process would make: train CONFIG from scratch (cache OUT/fresh), train it
+again where a one-process run was interrupted after its first epoch (cache OUT/resumed), and evaluate the
+pipeline saved in OUT/pipeline.pt. Rank 0 writes what the test compares to OUT/two-process.pt; every rank writes
+how many checkpoints it saved to OUT/saves-<rank>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from cropkit import checkpoint, distributed
+from cropkit.attacks import AttackSpec, pgd
+from cropkit.data import load_dataset
+from cropkit.evaluate import evaluate
+from cropkit.train import PreprocessorConfig, train_preprocessor
+
+# 1437 digits in batches of 128: the last batch of 29 splits 14 / 15, so the shards are uneven.
+CONFIG = PreprocessorConfig(dataset="digits", width=8, latent_channels=16, epochs=2, batch_size=128, lam=1.0)
+ATTACKS = [pgd(0.002, steps=3), AttackSpec("apgd-ce", 0.002, steps=3)]
+EVAL_IMAGES, EVAL_BATCH = 160, 24
+
+
+def eval_data():
+    return load_dataset("digits", "test").take(EVAL_IMAGES)
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    distributed.init()
+    saves = 0
+    real_save = checkpoint.save_training_state
+
+    def counted_save(*args, **kwargs):
+        nonlocal saves
+        saves += 1
+        real_save(*args, **kwargs)
+
+    checkpoint.save_training_state = counted_save
+    trained = {}
+    for name in ("fresh", "resumed"):
+        os.environ["CROPKIT_CACHE"] = str(out / name)
+        trained[name] = train_preprocessor(CONFIG, progress=False)
+    pipeline = torch.load(out / "pipeline.pt", weights_only=False)
+    records = evaluate(pipeline, eval_data(), ATTACKS, model_name="tiny", batch_size=EVAL_BATCH, device="cpu",
+                       results=out / "records.jsonl")
+    (out / f"saves-{distributed.rank()}.json").write_text(json.dumps(saves))
+    if distributed.is_main():
+        torch.save({name: {"weights": t.model.state_dict(), "history": t.history} for name, t in trained.items()}
+                   | {"records": records}, out / "two-process.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,63 @@
+"""The evaluator's fast paths give the numbers of its plain one: torch.compile, and bf16 autocast for attacks.
+
+No GPU is needed: the CUDA path's bf16 autocast is exercised through the CPU's bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cropkit import evaluate as evaluation
+from cropkit.attacks import pgd
+from cropkit.data import load_dataset
+from cropkit.evaluate import attack_batches, evaluate, predict
+
+EPS = 0.002  # the random-feature pipeline is far from robust: PGD at this radius leaves about a third of the digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", "test").take(64)
+
+
+def test_compiled_evaluation_matches_eager(random_pipeline, digits):
+    """Through torch.compile's graph capture (dynamo and AOTAutograd, forward and backward through the ViT).
+
+    The "aot_eager" backend keeps the test at seconds; "inductor" adds code generation, minutes on a small CPU.
+    """
+    x, _ = digits.tensors()
+    compiled = torch.compile(random_pipeline, backend="aot_eager")
+    with torch.inference_mode():
+        eager_logits, compiled_logits = random_pipeline(x), compiled(x)
+    torch.testing.assert_close(compiled_logits, eager_logits)
+    assert torch.equal(compiled_logits.argmax(1), eager_logits.argmax(1))
+    eager, through_compile = (evaluate(random_pipeline, digits, [pgd(EPS, steps=3)], model_name="tiny", batch_size=32,
+                                       device="cpu", compile=backend)[0] for backend in (None, "aot_eager"))
+    assert (eager["compile"], through_compile["compile"]) == (None, "aot_eager")
+    assert 0 < through_compile["robust_accuracy"] < through_compile["clean_accuracy"]
+    assert (eager["clean_accuracy"], eager["robust_accuracy"]) == (through_compile["clean_accuracy"],
+                                                                   through_compile["robust_accuracy"])
+
+
+def test_attacks_under_bf16_autocast_get_fp32_logits_and_stay_in_the_ball(random_pipeline, digits, monkeypatch):
+    x, y = digits.tensors()
+    fp32_predictions = predict(random_pipeline, x)
+    fp32_adversarial = attack_batches(random_pipeline, pgd(EPS, steps=3), x, y, n_classes=10, seed=0, batch_size=32)
+    assert not any(m.training for m in random_pipeline.modules())  # the attack's wrapper left the mode alone
+    monkeypatch.setattr(evaluation, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    head_outputs, attack_inputs = [], []
+    handle = random_pipeline.head.register_forward_hook(lambda module, args, out: head_outputs.append(out.dtype))
+    real_loss = torch.nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward",
+                        lambda self, logits, target: attack_inputs.append(logits.dtype) or real_loss(self, logits, target))
+    try:
+        adversarial = attack_batches(random_pipeline, pgd(EPS, steps=3), x, y, n_classes=10, seed=0, batch_size=32)
+        bf16_predictions = predict(random_pipeline, x)
+    finally:
+        handle.remove()
+    assert set(head_outputs) == {torch.bfloat16}  # the model ran in bf16 ...
+    assert attack_inputs and set(attack_inputs) == {torch.float32}  # ... and the attack's loss saw fp32 logits
+    assert adversarial.dtype == torch.float32 and (adversarial - x).abs().max() <= EPS + 1e-6
+    assert not torch.equal(adversarial, fp32_adversarial)  # the gradients really came from the bf16 model
+    assert (bf16_predictions == fp32_predictions).float().mean() > 0.9

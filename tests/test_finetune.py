@@ -1,0 +1,107 @@
+"""Robust fine-tuning (AFT, TeCoA, PMG-AFT, TRADES) and the CLIP zero-shot setting, on tiny offline models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cropkit.finetune import FinetuneConfig, finetune_loss, finetune_robust, kl_divergence
+from cropkit.models.clip import TEMPLATE, load_clip
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def changed(before: torch.nn.Module, after: torch.nn.Module) -> set[str]:
+    """Names of the parameters that differ between two copies of a module."""
+    theirs = dict(after.named_parameters())
+    return {name for name, p in before.named_parameters() if not torch.equal(p, theirs[name])}
+
+
+def test_pmg_aft_kl_terms_vanish_at_the_original_model_without_attack(tiny_pipeline, mnist):
+    x, y = mnist[1].take(32).tensors()
+    guide, model = tiny_pipeline, copy.deepcopy(tiny_pipeline)
+    _, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.0), x, y)
+    assert parts["kl_guide"] == pytest.approx(0, abs=1e-5) and parts["kl_clean"] == pytest.approx(0, abs=1e-5)
+    _, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.1), x, y)
+    assert parts["kl_clean"] > 1e-3  # an attack moves the prediction; the guide sees the same x_adv, so it agrees
+    assert parts["kl_guide"] == pytest.approx(0, abs=1e-5)
+    with torch.no_grad():
+        model.head.linear.bias += torch.linspace(-1, 1, 10)
+    _, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.0), x, y)
+    assert parts["kl_guide"] > 1e-3
+
+
+def test_kl_divergence_is_a_true_kl():
+    p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    expected = (p.softmax(1) * (p.log_softmax(1) - q.log_softmax(1))).sum()
+    assert kl_divergence(p, q, "sum") == pytest.approx(expected.item())
+    assert kl_divergence(p, p, "sum") == pytest.approx(0, abs=1e-7)
+
+
+@pytest.mark.parametrize("method, head_trains", [("aft", True), ("tecoa", False)])
+def test_finetuning_changes_only_the_intended_parameters(tiny_pipeline, mnist, cache, method, head_trains):
+    original = copy.deepcopy(tiny_pipeline)
+    config = FinetuneConfig(method=method, last_blocks=1, epochs=1, n_train=64, batch_size=32, attack_steps=1,
+                            lr=1e-3)
+    result = finetune_robust(tiny_pipeline, mnist[0], config, progress=False)
+    assert not changed(original, tiny_pipeline), "the pipeline passed in must be left as it is"
+    moved = changed(original, result.pipeline)
+    assert all(n.startswith(("foundation.encoder.layers.0.", "foundation.encoder.layernorm.", "head."))
+               for n in moved), moved
+    assert any(n.startswith("foundation.encoder.layers.0.") for n in moved)
+    assert not any(n.startswith("foundation.encoder.embeddings.") for n in moved)
+    assert any(n.startswith("head.") for n in moved) == head_trains
+    entry = result.history[0]
+    assert entry["examples"] == 64 and entry["flops"] > 0 and entry["trainable_parameters"] > 0
+    assert not any(p.requires_grad for p in result.pipeline.parameters())
+
+
+def test_finetuning_resumes_to_the_same_weights_and_is_cached(tiny_pipeline, mnist, cache,
+                                                              interrupted_after_first_checkpoint):
+    config = FinetuneConfig(method="pmg-aft", epochs=2, n_train=64, batch_size=32, attack_steps=1, lr=1e-3)
+    with interrupted_after_first_checkpoint():
+        finetune_robust(tiny_pipeline, mnist[0], config, progress=False)
+    resumed = finetune_robust(tiny_pipeline, mnist[0], config, progress=False)
+    straight = finetune_robust(tiny_pipeline, mnist[0], config, progress=False, force=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert not changed(resumed.pipeline, straight.pipeline)
+    cached = finetune_robust(tiny_pipeline, mnist[0], config, progress=False)
+    assert cached.path == straight.path and not changed(cached.pipeline, straight.pipeline)
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="Unknown fine-tuning method"):
+        FinetuneConfig(method="sgd")
+    with pytest.raises(ValueError, match="eps"):
+        FinetuneConfig(eps=8)
+    with pytest.raises(ValueError, match="last_blocks"):
+        FinetuneConfig(last_blocks=0)
+
+
+def test_clip_zero_shot_pipeline_offline_and_tecoa_keeps_the_text_head(tiny_clip_dir, mnist, cache):
+    clip = load_clip(tiny_clip_dir)
+    classes = [str(i) for i in range(10)]
+    pipeline = clip.pipeline(classes)
+    x, y = mnist[1].take(8).tensors()
+    logits = pipeline(x)
+    image = clip.encoder(x)
+    assert logits.shape == (8, 10) and torch.allclose(image.norm(dim=1), torch.ones(8), atol=1e-5)
+    assert torch.allclose(logits, clip.model.logit_scale.exp() * image @ pipeline.head.text.T, atol=1e-5)
+    with pytest.raises(ValueError, match="template"):
+        clip.head(classes, template="a photo")
+    other = clip.head(["cat", "dog"], TEMPLATE)
+    assert other.text.shape[0] == 2 and not torch.allclose(other.text[0], other.text[1])
+
+    config = FinetuneConfig(method="tecoa", eps=4 / 255, last_blocks=1, epochs=1, n_train=32, batch_size=16,
+                            attack_steps=1, lr=1e-3)
+    tuned = finetune_robust(pipeline, mnist[0], config, progress=False).pipeline
+    moved = changed(pipeline, tuned)
+    assert moved and all(n.startswith(("foundation.vision.encoder.layers.1.", "foundation.vision.post_layernorm.",
+                                       "foundation.projection.")) for n in moved), moved
+    assert torch.equal(tuned.head.text, pipeline.head.text)
