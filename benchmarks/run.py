@@ -14,6 +14,9 @@ images per second for the kit and for the naive loop, and their ratio; the table
 - CRoPD training step (reconstruction + lambda L_con with FGSM-RS views). Kit: `cropkit.train.preprocessor_loss`
   (the FGSM takes the input's gradient only). Naive: the FGSM gradient from `loss.backward()`, which also fills
   every weight's `.grad` and backpropagates through the clean latent.
+- AFT training step (robust fine-tuning of the foundation model, PGD-3 inside). Kit:
+  `cropkit.finetune.finetune_loss` (the attack steps take the input's gradient only). Naive: the attack steps
+  call `loss.backward()`, computing every trainable weight's gradient at every step.
 - SLF head, per epoch. Kit: the frozen stack's features computed once (`extract_features`), then each epoch
   trains the head on the cached tensor. Naive: each epoch recomputes the features through the trainable stack,
   and the backward runs through it.
@@ -36,12 +39,13 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 from transformers import ViTMAEConfig, ViTMAEModel
 
 from cropkit.attacks import pgd
 from cropkit.checkpoint import atomic_write_bytes, write_json
+from cropkit.cost import measure
 from cropkit.evaluate import attack_batches, autocast, predict
+from cropkit.finetune import FinetuneConfig, finetune_loss, unfreeze
 from cropkit.heads import LinearHead, extract_features
 from cropkit.losses import contrastive_loss, reconstruction_loss
 from cropkit.models import FoundationModel, Pipeline
@@ -131,6 +135,18 @@ def naive_cropd_loss(model: nn.Module, x: Tensor, y: Tensor, config: Preprocesso
     return reconstruction_loss(model(x), x) + config.lam * contrastive_loss(model.latent(x_adv), z, y, config.tau)
 
 
+def naive_aft_loss(model: nn.Module, x: Tensor, y: Tensor, config: FinetuneConfig) -> Tensor:
+    """AFT's loss as often written: the PGD steps call `loss.backward()`, filling every weight's `.grad`."""
+    eps, step = config.eps, config.step_size
+    x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(config.attack_steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        F.cross_entropy(model(x_adv), y).backward()
+        x_adv = (x + (x_adv + step * x_adv.grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    model.zero_grad()
+    return F.cross_entropy(model(x_adv.detach()), y)
+
+
 def head_epoch(head: nn.Module, features_of: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
                batch_size: int = 256) -> None:
     """One SGD epoch of a linear head on `features_of(batch)`."""
@@ -153,25 +169,41 @@ def bench_pgd(size: Size, device: str) -> dict[str, float]:
             "ratio": naive_s / kit_s}
 
 
-def bench_cropd_step(device: str, steps: int = 5) -> dict[str, float]:
-    config = PreprocessorConfig()
+def bench_training_step(model: nn.Module, kit_loss: Callable[[Tensor, Tensor], Tensor],
+                        naive_loss: Callable[[Tensor, Tensor], Tensor], batch_size: int, device: str,
+                        steps: int = 5) -> dict[str, float]:
+    """Images per second of `steps` AdamW steps on the kit's loss and on the naive one (same model, same data)."""
     torch.manual_seed(0)
-    model = ConvAutoEncoder(1, config.width, config.latent_channels).to(device)
-    x = torch.rand(config.batch_size, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (config.batch_size,), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    x = torch.rand(batch_size, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    def train(loss_of: Callable[[], Tensor]) -> None:
+    def train(loss_of: Callable[[Tensor, Tensor], Tensor]) -> None:
         for _ in range(steps):
-            loss = loss_of()
+            loss = loss_of(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-    kit_s = timed(lambda: train(lambda: preprocessor_loss(model, config, x, y)[0]), device)
-    naive_s = timed(lambda: train(lambda: naive_cropd_loss(model, x, y, config)), device)
-    images = steps * config.batch_size
+    kit_s, naive_s = timed(lambda: train(kit_loss), device), timed(lambda: train(naive_loss), device)
+    images = steps * batch_size
     return {"kit_images_per_s": images / kit_s, "naive_images_per_s": images / naive_s, "ratio": naive_s / kit_s}
+
+
+def bench_cropd_step(device: str) -> dict[str, float]:
+    config = PreprocessorConfig()
+    torch.manual_seed(0)
+    model = ConvAutoEncoder(1, config.width, config.latent_channels).to(device)
+    return bench_training_step(model, lambda x, y: preprocessor_loss(model, config, x, y)[0],
+                               lambda x, y: naive_cropd_loss(model, x, y, config), config.batch_size, device)
+
+
+def bench_aft_step(device: str) -> dict[str, float]:
+    config = FinetuneConfig(method="aft", eps=EPS, attack_steps=3)
+    model = random_stack(device=device)
+    unfreeze(model, config)
+    return bench_training_step(model, lambda x, y: finetune_loss(model, None, config, x, y)[0],
+                               lambda x, y: naive_aft_loss(model, x, y, config), config.batch_size, device)
 
 
 def bench_slf(size: Size, device: str) -> dict[str, float]:
@@ -227,12 +259,12 @@ def vit_mae_stack(sizes: dict[str, int], device: str) -> Pipeline:
     return Pipeline(None, foundation, LinearHead(config.hidden_size, 10).requires_grad_(False)).to(device)
 
 
-def pgd_step_flops(model: nn.Module, x: Tensor, y: Tensor) -> int:
+def pgd_step_flops(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """FLOPs of one PGD step as the kit's attack runs it: forward and the input's gradient, under `autocast`."""
     x = x.clone().requires_grad_(True)
-    with FlopCounterMode(display=False) as counter, autocast(x.device):
-        F.cross_entropy(model(x).float(), y).backward(inputs=[x])  # the counter's hooks refuse autograd.grad
-    return counter.get_total_flops()
+    with measure() as cost, autocast(x.device):
+        torch.autograd.grad(F.cross_entropy(model(x).float(), y), x)
+    return cost.flops
 
 
 def bench_mfu(size: Size, device: str, steps: int = 10) -> dict[str, dict[str, float]]:
@@ -270,7 +302,7 @@ def main() -> None:
     size = SIZES[args.size]
     started = time.perf_counter()
     results = {"pgd10_evaluation": bench_pgd(size, args.device), "cropd_training_step": bench_cropd_step(args.device),
-               "slf_head": bench_slf(size, args.device)}
+               "aft_training_step": bench_aft_step(args.device), "slf_head": bench_slf(size, args.device)}
     scaling = bench_scaling(size, args.device)
     if args.device == "cuda":
         results["pgd10_mfu"] = bench_mfu(size, args.device)
@@ -284,6 +316,8 @@ def main() -> None:
              f"{results['pgd10_evaluation']['naive_images_per_s']:.1f} img/s", results["pgd10_evaluation"]["ratio"]),
             ("CRoPD training step", f"{results['cropd_training_step']['kit_images_per_s']:.0f} img/s",
              f"{results['cropd_training_step']['naive_images_per_s']:.0f} img/s", results["cropd_training_step"]["ratio"]),
+            ("AFT training step (PGD-3 inside)", f"{results['aft_training_step']['kit_images_per_s']:.1f} img/s",
+             f"{results['aft_training_step']['naive_images_per_s']:.1f} img/s", results["aft_training_step"]["ratio"]),
             ("SLF head epoch (cached features)", f"{results['slf_head']['kit_epoch_s']:.3f} s",
              f"{results['slf_head']['naive_epoch_s']:.2f} s", results["slf_head"]["ratio_per_epoch"])]
     table = "\n".join([f"Device: {device}; size {args.size}; torch {torch.__version__}", "",
