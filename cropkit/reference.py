@@ -13,3 +13,15 @@ CROPD_PAPER = {
     "clean_cost_points": (0.1, 1.7),
     "identity_cifar10_pgd10_percent": (2.0, 3.0),
 }
+
+# RobustSSL leaderboard (CIFAR-10, ResNet-18, AutoAttack standard, L-inf eps 8/255), via METHOD.md section 2:
+# (robust accuracy, standard accuracy) in % for each pre-training method and downstream protocol.
+ROBUSTSSL_LEADERBOARD = {
+    "source": "RobustSSL leaderboard (CIFAR-10, ResNet-18, AutoAttack, L-inf eps 8/255), via METHOD.md",
+    "rows": {
+        "ACL": {"SLF": (39.17, 78.22), "ALF": (40.60, 75.53), "AFF": (49.60, 81.25)},
+        "DynACL": {"SLF": (45.09, 75.41), "ALF": (45.67, 72.97), "AFF": (50.52, 81.86)},
+        "DynACL-RCS": {"SLF": (44.29, 77.14), "ALF": (45.75, 74.95), "AFF": (49.63, 80.70)},
+        "DynACL-AIR": {"SLF": (45.17, 78.08), "ALF": (46.14, 77.42), "AFF": (50.58, 82.74)},
+    },
+}

@@ -1,0 +1,278 @@
+"""Robust foundation models by adversarial contrastive learning: ACL, DynACL, their AIR variants, and RCS.
+
+`pretrain_acl(method, air=..., rcs=..., **settings)` runs one training loop for the whole family (METHOD.md
+section 2). Each step augments the batch twice at strength s, makes adversarial views by PGD on the NT-Xent of
+the pair (through the `pgd` BatchNorm branch), and minimises `acl_loss` of the natural (`normal` branch) and
+adversarial NT-Xent, with DynACL's annealed s and weight w; `air=True` adds 0.5 SIR + 0.5 AIR. With `rcs`, the
+first `warmup` epochs use all data, then every `interval` epochs a coreset of `fraction` of the training set is
+selected (`cropkit.rcs`) and trained on until the next selection.
+
+The finished model is cached by config hash, and every epoch is checkpointed so an interrupted run resumes.
+The history has one row per epoch with `seconds` (wall-clock, selection included), `selection_seconds` and
+`examples` (the images actually trained on). `TrainedACL.encoder()` is the frozen backbone (`pgd` branch) that
+the kit's downstream protocols take as their foundation model.
+
+Kit choices where the sources are silent or a CPU needs less: SGD with momentum 0.9 in place of LARS; the
+warm-up + cosine schedule is stepped per epoch (an RCS epoch has fewer batches); the attack runs with the model
+in train mode (batch statistics, as in the official loop); RCS's selection runs in eval mode, so it changes no
+running statistics; its validation images are held out of training and un-augmented.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from cropkit.attacks import validate_eps
+from cropkit.augment import augment, dynacl_strength
+from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, read_json,
+                                resumable_training, save_weights, write_json)
+from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, sir
+from cropkit.data import ImageData, load_dataset
+from cropkit.losses import linf_ascent
+from cropkit.models.resnet import ACLModel, ResNet, RobustEncoder
+from cropkit.paths import cache_dir
+from cropkit.rcs import greedy_batch_selection, rd_validation_loss
+from cropkit.train import shuffled_batches
+
+Method = Literal["acl", "dynacl"]
+METHODS = ("acl", "dynacl")
+# Bump when a code change alters what training produces for the same config (it keys the cache).
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RCSConfig:
+    """RCS: after `warmup` epochs on all data, every `interval` epochs train on a coreset of `fraction` of it."""
+
+    fraction: float = 0.2
+    interval: int = 20
+    warmup: int = 100
+    validation_fraction: float = 0.01  # held out (unlabeled) for the RD validation gradient
+    lr: float = 0.01  # the head's one-step update between picks
+    rd_steps: int = 3  # PGD steps on RD for the validation examples
+    normalise: Literal["minmax", "softmax"] = "minmax"  # RD's row normalisation (min-max on CIFAR)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"RCS fraction must lie in (0, 1], got {self.fraction}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
+        if self.interval < 1 or self.warmup < 0 or self.rd_steps < 1:
+            raise ValueError(f"need interval >= 1, warmup >= 0, rd_steps >= 1; got {self.interval}, {self.warmup}, "
+                             f"{self.rd_steps}")
+
+
+@dataclass(frozen=True)
+class ACLConfig:
+    """One pre-training run. Defaults are METHOD.md's full-scale settings, except the optimiser (module docstring)."""
+
+    method: Method = "acl"
+    air: bool = False
+    rcs: RCSConfig | None = None
+    dataset: str = "cifar10-subset"
+    n_train: int | None = None  # a random subset of the training split; None = all of it
+    width: int = 64  # 64 with blocks_per_stage 2 is ResNet-18
+    blocks_per_stage: int = 2
+    epochs: int = 1000
+    warmup_epochs: int = 10
+    batch_size: int = 512
+    lr: float = 0.5
+    weight_decay: float = 1e-6
+    eps: float = 8 / 255
+    attack_steps: int = 5
+    attack_step: float | None = None  # None: eps / 4 (2/255 at 8/255)
+    tau: float = 0.5
+    anneal_interval: int = 50  # DynACL's strength schedule steps every this many epochs
+    sir_weight: float = 0.5
+    air_weight: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown ACL method {self.method!r}; choose one of {METHODS}")
+        if self.rcs is not None and not isinstance(self.rcs, RCSConfig):
+            raise TypeError(f"rcs must be an RCSConfig or None, got {type(self.rcs).__name__}")
+        validate_eps(self.eps)
+        if self.epochs < 1 or self.batch_size < 2 or self.attack_steps < 1:
+            raise ValueError(f"need epochs >= 1, batch_size >= 2, attack_steps >= 1; got {self.epochs}, "
+                             f"{self.batch_size}, {self.attack_steps}")
+        if self.rcs is not None and self.rcs.warmup >= self.epochs:
+            raise ValueError(f"RCS warm-up ({self.rcs.warmup} epochs) leaves no epoch of the {self.epochs} for a coreset")
+
+    @property
+    def step_size(self) -> float:
+        return self.eps / 4 if self.attack_step is None else self.attack_step
+
+    @property
+    def name(self) -> str:
+        """'ACL', 'DynACL-AIR', 'ACL-RCS (k=0.1)' (the leaderboard's naming)."""
+        name = {"acl": "ACL", "dynacl": "DynACL"}[self.method] + ("-AIR" if self.air else "")
+        return name + (f"-RCS (k={self.rcs.fraction:g})" if self.rcs is not None else "")
+
+    def fields(self) -> dict[str, Any]:
+        """Every field as plain JSON-able values (the RCS settings as a dict or None)."""
+        return asdict(self)
+
+    def key(self) -> str:
+        """Hash of every field and of the training recipe's version: either change means a new cache entry."""
+        return config_key(self.fields() | {"recipe": RECIPE_VERSION})
+
+
+@dataclass
+class TrainedACL:
+    model: ACLModel
+    config: ACLConfig
+    history: list[dict[str, Any]]
+    path: Path
+
+    def encoder(self) -> RobustEncoder:
+        """A frozen copy of the backbone (`pgd` branch): the foundation model for SLF, ALF and AFF."""
+        return RobustEncoder(copy.deepcopy(self.model.backbone), self.config.name)
+
+    @property
+    def pretraining_seconds(self) -> float:
+        """Wall-clock of all epochs, coreset selection included."""
+        return sum(h["seconds"] for h in self.history)
+
+    @property
+    def selection_seconds(self) -> float:
+        return sum(h["selection_seconds"] for h in self.history)
+
+    @property
+    def examples_trained(self) -> int:
+        return int(sum(h["examples"] for h in self.history))
+
+
+def acl_dir(config: ACLConfig) -> Path:
+    return cache_dir() / "acl" / f"{config.method}-{config.dataset}-{config.key()}"
+
+
+def build_model(config: ACLConfig, train: ImageData) -> ACLModel:
+    """A freshly initialised (seeded) model whose input normalisation uses `train`'s channel statistics."""
+    images = train.images.float() / 255
+    torch.manual_seed(config.seed)
+    backbone = ResNet(train.image_shape[0], config.width, config.blocks_per_stage,
+                      mean=images.mean(dim=(0, 2, 3)).tolist(), std=images.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return ACLModel(backbone)
+
+
+def training_loss(model: ACLModel, x: Tensor, config: ACLConfig, strength: float,
+                  generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    """The loss of `config` on the batch `x` at augmentation strength s, and its parts for the history."""
+    views = torch.cat([augment(x, strength, generator), augment(x, strength, generator)])
+    adversarial = linf_ascent(lambda v: nt_xent(*model(v, bn="pgd").chunk(2), tau=config.tau), views, config.eps,
+                              steps=config.attack_steps, step=config.step_size, generator=generator)
+    z_i, z_j = model(views, bn="normal").chunk(2)
+    adv_i, adv_j = model(adversarial, bn="pgd").chunk(2)
+    natural, robust = nt_xent(z_i, z_j, config.tau), nt_xent(adv_i, adv_j, config.tau)
+    weight = dynacl_weight(strength) if config.method == "dynacl" else 0.0
+    loss = acl_loss(natural, robust, weight)
+    parts = {"l_nat": natural.item(), "l_adv": robust.item()}
+    if config.air:
+        z_o = model(x, bn="normal")  # the un-augmented image
+        standard, adversarial_reg = sir(z_i, z_j, z_o, config.tau), air(adv_i, adv_j, z_i, z_j, z_o, config.tau)
+        loss = loss + config.sir_weight * standard + config.air_weight * adversarial_reg
+        parts |= {"sir": standard.item(), "air": adversarial_reg.item()}
+    return loss, parts
+
+
+def select_coreset(model: ACLModel, images: Tensor, candidates: Tensor, validation: Tensor, budget: int,
+                   config: ACLConfig, strength: float, generator: torch.Generator) -> Tensor:
+    """RCS on `candidates` (indices into `images`): the indices of a coreset of exactly `budget` images."""
+    rcs = config.rcs
+    if rcs is None:
+        raise ValueError(f"{config.name} has no RCS settings to select a coreset with")
+    batches = [candidates[b] for b in shuffled_batches(len(candidates), config.batch_size, generator) if len(b) >= 2]
+    model.eval()  # no running statistic moves during selection
+    try:
+        return greedy_batch_selection(
+            model.head, batches,
+            batch_loss=lambda b: training_loss(model, images[b.to(images.device)], config, strength, generator)[0],
+            validation_loss=lambda: rd_validation_loss(lambda v: model(v, bn="pgd"), validation, config.eps,
+                                                       steps=rcs.rd_steps, step=config.step_size,
+                                                       normalise=rcs.normalise, generator=generator),
+            budget=budget, lr=rcs.lr)
+    finally:
+        model.train()
+
+
+def pretrain_acl(method: Method = "acl", *, air: bool = False, rcs: RCSConfig | None = None,
+                 device: str | None = None, force: bool = False, progress: bool = True,
+                 **settings: Any) -> TrainedACL:
+    """Pre-train (or load from the cache) the model of `ACLConfig(method, air, rcs, **settings)`."""
+    config = ACLConfig(method=method, air=air, rcs=rcs, **settings)
+    out = acl_dir(config)
+    train = load_dataset(config.dataset, "train").take(config.n_train, seed=config.seed)
+    model = build_model(config, train)
+    found = existing_directory(out)
+    if found is not None and not force:
+        saved = load_weights(model, found)
+        return TrainedACL(model.eval(), config, saved["history"], found)
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).train()
+    images = train.tensors(device)[0]  # self-supervised: labels are never read
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
+    n_validation = math.ceil(config.rcs.validation_fraction * len(images)) if config.rcs else 0
+    validation, candidates = images[order[:n_validation].to(device)], order[n_validation:]
+    budget = round(config.rcs.fraction * len(candidates)) if config.rcs else len(candidates)
+    if budget < 2:
+        raise ValueError(f"{config.name}: a coreset of {budget} of {len(candidates)} images is too small to train on")
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    scheduler = cosine_schedule(optimizer, config.epochs, config.warmup_epochs)  # stepped per epoch
+    partial = out.with_name(out.name + ".partial")
+    coreset_file = partial.with_name(partial.name + ".coreset.json")  # survives a resume between selections
+    training_set = candidates
+
+    def run_epoch(epoch: int) -> dict[str, float]:
+        nonlocal training_set
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        strength = dynacl_strength(epoch + 1, config.epochs, config.anneal_interval) if config.method == "dynacl" else 1.0
+        selection_seconds = 0.0
+        if config.rcs is not None and epoch >= config.rcs.warmup:
+            since = (epoch - config.rcs.warmup) % config.rcs.interval
+            if since == 0:
+                started = time.perf_counter()
+                training_set = select_coreset(model, images, candidates, validation, budget, config, strength,
+                                              generator)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                selection_seconds = time.perf_counter() - started
+                write_json(coreset_file, {"epoch": epoch, "indices": training_set.tolist()})
+            elif training_set is candidates:  # resumed between two selections
+                training_set = torch.tensor(read_json(coreset_file)["indices"])
+        sums: dict[str, float] = {}
+        examples = 0
+        for batch in shuffled_batches(len(training_set), config.batch_size, generator):
+            if len(batch) < 2:  # NT-Xent needs a negative
+                continue
+            loss, parts = training_loss(model, images[training_set[batch].to(device)], config, strength, generator)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in {"loss": loss.item(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + v * len(batch)
+            examples += len(batch)
+        scheduler.step()
+        return {**{k: v / examples for k, v in sums.items()}, "strength": strength, "examples": examples,
+                "selection_seconds": selection_seconds}
+
+    history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
+                                 config=config.fields(), epochs=config.epochs, run_epoch=run_epoch,
+                                 desc=f"{config.name} on {config.dataset}", progress=progress, restart=force)
+    model.cpu().eval()
+    save_weights(model, out, {"acl": config.fields(), "history": history})
+    shutil.rmtree(partial, ignore_errors=True)
+    coreset_file.unlink(missing_ok=True)
+    return TrainedACL(model, config, history, out)

@@ -1,0 +1,209 @@
+"""The ACL family: dual-BN backbone, augmentations, contrastive losses, RCS selection and the training loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cropkit.acl import ACLConfig, RCSConfig, build_model, pretrain_acl, select_coreset, training_loss
+from cropkit.augment import augment, dynacl_strength
+from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, representational_divergence, sir
+from cropkit.losses import linf_ascent
+from cropkit.models import Pipeline
+from cropkit.models.resnet import ACLModel, ResNet
+from cropkit.rcs import greedy_batch_selection
+
+TINY = dict(dataset="mnist5k", width=2, blocks_per_stage=1, batch_size=16, eps=0.1, warmup_epochs=0, seed=0)
+
+
+@pytest.fixture
+def digit_data(mnist):
+    return mnist[0].take(48, seed=0)
+
+
+@pytest.fixture
+def digits(digit_data):
+    return digit_data.tensors()[0]
+
+
+def test_nt_xent_is_lower_for_identical_views_than_for_random_ones():
+    z = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
+    unrelated = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+    assert nt_xent(z, z) < nt_xent(z, unrelated) - 1.0
+    with pytest.raises(ValueError, match="N >= 2"):
+        nt_xent(z[:1], z[:1])
+
+
+def test_pgd_raises_the_contrastive_loss(digits):
+    torch.manual_seed(0)
+    model = ACLModel(ResNet(1, width=2, blocks_per_stage=1)).train()  # batch statistics, as in training
+    generator = torch.Generator().manual_seed(0)
+    views = torch.cat([augment(digits[:8], 1.0, generator), augment(digits[:8], 1.0, generator)])
+
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        return nt_xent(*model(v, bn="pgd").chunk(2))
+
+    adversarial = linf_ascent(loss, views, 0.1, steps=5, step=0.025, generator=generator)
+    assert (adversarial - views).abs().max() <= 0.1 + 1e-6
+    assert loss(adversarial) > loss(views) + 0.01
+
+
+def test_acl_and_dynacl_weights():
+    natural, adversarial = torch.tensor(2.0), torch.tensor(4.0)
+    assert acl_loss(natural, adversarial) == 3.0
+    assert dynacl_weight(1.0) == 0.0 and dynacl_weight(0.25) == pytest.approx(0.5)
+    assert acl_loss(natural, adversarial, dynacl_weight(0.25)) == pytest.approx((0.5 * 2 + 1.5 * 4) / 2)
+
+
+def test_sir_and_air_are_zero_for_identical_augmentations_and_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    z_i, z_j, z_o, adv_i, adv_j = (torch.randn(8, 5, generator=g) for _ in range(5))
+    assert sir(z_i, z_i, z_o) == 0 and air(adv_i, adv_i, z_i, z_i, z_o) == 0
+    assert sir(z_i, z_j, z_o) > 0 and air(adv_i, adv_j, z_i, z_j, z_o) > 0
+    # a true KL: equal to the divergence computed by hand from the two normalised distributions
+    p = torch.softmax(torch.cosine_similarity(z_i, z_o) / 0.5, dim=0)
+    q = torch.softmax(torch.cosine_similarity(z_j, z_o) / 0.5, dim=0)
+    assert sir(z_i, z_j, z_o) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+
+
+def test_representational_divergence():
+    h = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
+    for mode in ("minmax", "softmax"):
+        assert representational_divergence(h, h, mode) == pytest.approx(0.0, abs=1e-6)
+        assert representational_divergence(h + torch.randn_like(h), h, mode) > 0
+    with pytest.raises(ValueError, match="normalisation"):
+        representational_divergence(h, h, "l2")
+
+
+def test_dual_batchnorm_keeps_separate_running_statistics():
+    torch.manual_seed(0)
+    model = ResNet(1, width=2, blocks_per_stage=1).train()
+    stem_bn = model.stem[1]
+    low, high = torch.rand(8, 1, 12, 12) * 0.1, 0.9 + torch.rand(8, 1, 12, 12) * 0.1
+    model(low, bn="normal")
+    model(high, bn="pgd")
+    normal, pgd = stem_bn.normal, stem_bn.pgd
+    assert normal.num_batches_tracked == 1 and pgd.num_batches_tracked == 1
+    assert not torch.allclose(normal.running_mean, pgd.running_mean)
+    conv = model.stem[0]
+    for bn, x in ((normal, low), (pgd, high)):  # each branch's statistics are those of the batch it saw
+        expected = 0.1 * conv((x - model.mean) / model.std).mean(dim=(0, 2, 3))  # from 0, momentum 0.1
+        torch.testing.assert_close(bn.running_mean, expected.detach())
+    with pytest.raises(ValueError, match="Unknown BatchNorm branch"):
+        model(low, bn="adv")
+
+
+def test_augment_draws_per_sample_views_in_range(digits):
+    rgb = digits[:8].repeat(1, 3, 1, 1) * torch.tensor([1.0, 0.5, 0.2]).view(1, 3, 1, 1)
+    for x in (digits[:8], rgb):
+        view = augment(x, 1.0, torch.Generator().manual_seed(0))
+        assert view.shape == x.shape and view.min() >= 0 and view.max() <= 1
+        assert torch.equal(view, augment(x, 1.0, torch.Generator().manual_seed(0)))
+        twice = augment(x[:1].expand(8, -1, -1, -1), 1.0, torch.Generator().manual_seed(1))
+        assert len({tuple(v.flatten().tolist()) for v in twice}) == 8  # one random draw per sample
+    # strength 0: no crop, no jitter, only the flip
+    plain = augment(rgb, 0.0, torch.Generator().manual_seed(0))
+    for v, x in zip(plain, rgb):
+        assert torch.allclose(v, x, atol=1e-5) or torch.allclose(v, x.flip(-1), atol=1e-5)
+
+
+def test_dynacl_strength_follows_the_schedule():
+    assert [dynacl_strength(e, 200) for e in (1, 50, 51, 101, 200)] == [1.0, 1.0, 0.75, 0.5, 0.25]
+    assert [dynacl_strength(e, 4, interval=1) for e in (1, 2, 3, 4)] == [1.0, 0.75, 0.5, 0.25]
+    with pytest.raises(ValueError):
+        dynacl_strength(0, 10)
+
+
+def test_rcs_picks_the_batch_aligned_with_the_validation_gradient_and_restores_the_head():
+    head = nn.Linear(4, 3, bias=False)
+    original = head.weight.detach().clone()
+    target = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    directions = {0: -target, 1: torch.randn(3, 4) * 5, 2: target}  # batch 2's gradient is the validation one's
+    batches = [torch.arange(0, 4), torch.arange(4, 8), torch.arange(8, 12)]
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:
+        return (head.weight * directions[int(batch[0]) // 4]).sum()  # gradient: the batch's direction
+
+    def validation_loss() -> torch.Tensor:
+        return (head.weight * target).sum() + 0.5 * head.weight.pow(2).sum()
+
+    picked = greedy_batch_selection(head, batches, batch_loss, validation_loss, budget=6, lr=0.1)
+    assert picked[:4].tolist() == [8, 9, 10, 11]  # the aligned batch first
+    assert len(picked) == 6  # the second pick is cut to the budget
+    assert torch.equal(head.weight, original)
+    with pytest.raises(ValueError, match="budget"):
+        greedy_batch_selection(head, batches, batch_loss, validation_loss, budget=13)
+
+
+def test_rcs_selects_the_exact_budget_and_leaves_the_model_untouched(digit_data, digits):
+    config = ACLConfig(rcs=RCSConfig(warmup=0, interval=1), epochs=1, attack_steps=1, **TINY)
+    model = build_model(config, digit_data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    candidates = torch.arange(4, 44)
+    selected = select_coreset(model, digits, candidates, digits[:4], 21, config, 1.0, torch.Generator().manual_seed(0))
+    assert len(selected) == 21 and len(set(selected.tolist())) == 21 and set(selected.tolist()) <= set(range(4, 44))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="Unknown ACL method"):
+        ACLConfig(method="simclr")
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\]"):
+        RCSConfig(fraction=0.0)
+    with pytest.raises(ValueError, match="fraction"):
+        RCSConfig(fraction=1.5)
+    with pytest.raises(ValueError, match="warm-up"):
+        ACLConfig(rcs=RCSConfig(warmup=5), epochs=5)
+    with pytest.raises(ValueError, match="eps"):
+        ACLConfig(eps=8)
+
+
+def test_pretrain_records_history_caches_and_plugs_into_the_downstream_protocols(tmp_path, monkeypatch, mnist):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    settings = dict(n_train=40, epochs=3, attack_steps=1, **TINY)
+    rcs = RCSConfig(fraction=0.25, warmup=1, interval=2, validation_fraction=0.1)
+    trained = pretrain_acl("dynacl", air=True, rcs=rcs, anneal_interval=1, progress=False, **settings)
+    history = trained.history
+    assert [h["examples"] for h in history] == [36, 9, 9]  # 4 held out for validation; 25% of 36 after warm-up
+    assert history[0]["selection_seconds"] == 0 and history[1]["selection_seconds"] > 0
+    assert history[2]["selection_seconds"] == 0  # the next selection would be at epoch 4
+    assert [h["strength"] for h in history] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert all(h["seconds"] >= h["selection_seconds"] for h in history) and {"sir", "air"} <= set(history[0])
+    assert trained.examples_trained == 54 and trained.config.name == "DynACL-AIR-RCS (k=0.25)"
+
+    cached = pretrain_acl("dynacl", air=True, rcs=rcs, anneal_interval=1, progress=False, **settings)
+    assert cached.history == history
+    assert all(torch.equal(a, b) for a, b in zip(cached.model.state_dict().values(), trained.model.state_dict().values()))
+
+    encoder = trained.encoder()
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    x = mnist[1].take(8).tensors()[0].requires_grad_(True)
+    features = encoder(x)
+    torch.testing.assert_close(features, trained.model.backbone.eval()(x, bn="pgd"))
+    pipeline = Pipeline(None, encoder, nn.Linear(encoder.feature_dim, 10))
+    pipeline(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # attacks reach the input through the encoder
+
+
+def test_pretrain_resumes_after_an_interruption(tmp_path, monkeypatch, interrupted_after_first_checkpoint):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "resumed"))
+    settings = dict(n_train=16, epochs=2, attack_steps=1, progress=False, **TINY)
+    with interrupted_after_first_checkpoint():
+        pretrain_acl("acl", **settings)
+    resumed = pretrain_acl("acl", **settings)
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "straight"))
+    straight = pretrain_acl("acl", **settings)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                  straight.model.state_dict().values()))
+
+
+def test_training_loss_parts(digit_data, digits):
+    config = ACLConfig(method="acl", air=True, epochs=1, attack_steps=1, **TINY)
+    model = build_model(config, digit_data).train()
+    loss, parts = training_loss(model, digits[:8], config, 1.0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and set(parts) == {"l_nat", "l_adv", "sir", "air"}
+    assert loss.item() == pytest.approx((parts["l_nat"] + parts["l_adv"]) / 2 + 0.5 * parts["sir"] + 0.5 * parts["air"],
+                                        rel=1e-5)
