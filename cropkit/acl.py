@@ -36,6 +36,7 @@ from cropkit.augment import augment, dynacl_strength
 from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, read_json,
                                 resumable_training, save_weights, write_json)
 from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, sir
+from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
 from cropkit.losses import linf_ascent
 from cropkit.models.resnet import ACLModel, ResNet, RobustEncoder
@@ -238,34 +239,36 @@ def pretrain_acl(method: Method = "acl", *, air: bool = False, rcs: RCSConfig | 
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         strength = dynacl_strength(epoch + 1, config.epochs, config.anneal_interval) if config.method == "dynacl" else 1.0
         selection_seconds = 0.0
-        if config.rcs is not None and epoch >= config.rcs.warmup:
-            since = (epoch - config.rcs.warmup) % config.rcs.interval
-            if since == 0:
-                started = time.perf_counter()
-                training_set = select_coreset(model, images, candidates, validation, budget, config, strength,
-                                              generator)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                selection_seconds = time.perf_counter() - started
-                write_json(coreset_file, {"epoch": epoch, "indices": training_set.tolist()})
-            elif training_set is candidates:  # resumed between two selections
-                training_set = torch.tensor(read_json(coreset_file)["indices"])
-        sums: dict[str, float] = {}
-        examples = 0
-        for batch in shuffled_batches(len(training_set), config.batch_size, generator):
-            if len(batch) < 2:  # NT-Xent needs a negative
-                continue
-            loss, parts = training_loss(model, images[training_set[batch].to(device)], config, strength, generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in {"loss": loss.item(), **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch)
-            examples += len(batch)
+        with measure(model, device=device) as cost:  # the selection's FLOPs are part of RCS's cost
+            if config.rcs is not None and epoch >= config.rcs.warmup:
+                since = (epoch - config.rcs.warmup) % config.rcs.interval
+                if since == 0:
+                    started = time.perf_counter()
+                    training_set = select_coreset(model, images, candidates, validation, budget, config, strength,
+                                                  generator)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    selection_seconds = time.perf_counter() - started
+                    write_json(coreset_file, {"epoch": epoch, "indices": training_set.tolist()})
+                elif training_set is candidates:  # resumed between two selections
+                    training_set = torch.tensor(read_json(coreset_file)["indices"])
+            sums: dict[str, float] = {}
+            examples = 0
+            for batch in shuffled_batches(len(training_set), config.batch_size, generator):
+                if len(batch) < 2:  # NT-Xent needs a negative
+                    continue
+                loss, parts = training_loss(model, images[training_set[batch].to(device)], config, strength, generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for k, v in {"loss": loss.item(), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(batch)
+                examples += len(batch)
         scheduler.step()
-        return {**{k: v / examples for k, v in sums.items()}, "strength": strength, "examples": examples,
+        cost.examples = examples
+        return {**{k: v / examples for k, v in sums.items()}, "strength": strength, **cost.fields(),
                 "selection_seconds": selection_seconds}
 
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from cropkit.attacks import AttackSpec
 from cropkit.checkpoint import cosine_schedule
+from cropkit.cost import measure
 from cropkit.data import ImageData
 from cropkit.heads import extract_features, train_linear_head
 from cropkit.models import Pipeline
@@ -57,17 +58,19 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
         adversary = attack.build(pipeline, n_classes=train.num_classes, seed=seed + epoch)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         total, correct = 0.0, 0
-        for batch in shuffled_batches(len(images), batch_size, generator):
-            x, y = images[batch].to(device), labels[batch].to(device)
-            x_adv = adversary(x, y)
-            logits = pipeline(x_adv)
-            loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == y).sum())
-        history.append({"epoch": epoch + 1, "adv_loss": total / len(images), "adv_accuracy": correct / len(images)})
+        with measure(head, examples=len(images), device=device) as cost:
+            for batch in shuffled_batches(len(images), batch_size, generator):
+                x, y = images[batch].to(device), labels[batch].to(device)
+                x_adv = adversary(x, y)
+                logits = pipeline(x_adv)
+                loss = F.cross_entropy(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += loss.item() * len(batch)
+                correct += int((logits.argmax(1) == y).sum())
+        history.append({"epoch": epoch + 1, "adv_loss": total / len(images), "adv_accuracy": correct / len(images),
+                        **cost.fields()})
     head.requires_grad_(False).eval()
     return pipeline, history

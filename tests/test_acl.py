@@ -171,6 +171,7 @@ def test_pretrain_records_history_caches_and_plugs_into_the_downstream_protocols
     assert history[2]["selection_seconds"] == 0  # the next selection would be at epoch 4
     assert [h["strength"] for h in history] == pytest.approx([1.0, 2 / 3, 1 / 3])
     assert all(h["seconds"] >= h["selection_seconds"] for h in history) and {"sir", "air"} <= set(history[0])
+    assert history[1]["flops"] > history[2]["flops"] > 0  # the selection's FLOPs count towards RCS's cost
     assert trained.examples_trained == 54 and trained.config.name == "DynACL-AIR-RCS (k=0.25)"
 
     cached = pretrain_acl("dynacl", air=True, rcs=rcs, anneal_interval=1, progress=False, **settings)

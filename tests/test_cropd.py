@@ -113,7 +113,7 @@ def test_cropd_training_learns_and_is_cached(tmp_path, monkeypatch, mnist):
     trained = train_preprocessor(TINY_AE, progress=False)
     history = trained.history
     assert history[-1]["train_recon"] < history[0]["train_recon"] and history[-1]["test_psnr"] > 10
-    assert {"train_l_con", "test_l_con", "seconds"} <= history[0].keys()
+    assert {"train_l_con", "test_l_con", "seconds", "flops", "examples", "peak_memory_mb"} <= history[0].keys()
     again = train_preprocessor(TINY_AE, progress=False)  # served from the cache
     assert again.path == trained.path == preprocessor_dir(TINY_AE)
     x, _ = mnist[1].take(32).tensors()
@@ -148,3 +148,5 @@ def test_slf_and_alf_change_only_the_head(tiny_foundation, mnist):
     assert all(torch.equal(slf_head[k], v) for k, v in slf.head.state_dict().items())  # SLF left as it was
     assert all(torch.equal(frozen[k], v) for k, v in alf.state_dict().items() if k in frozen)
     assert not any(p.requires_grad for p in alf.parameters()) and history[0]["adv_loss"] > 0
+    assert history[0]["examples"] == 128 and history[0]["flops"] > 0
+    assert history[0]["trainable_parameters"] == sum(p.numel() for p in slf.head.parameters())
