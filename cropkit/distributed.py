@@ -62,6 +62,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def close() -> None:
+    """Wait for every rank, then leave the process group: the end of a torchrun script. A rank that exits while
+    the group lives (e.g. before rank 0 has written its files) can be aborted by the backend's threads."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _comm_device(t: Tensor) -> torch.device:
     """Where a collective on `t` runs: NCCL needs the GPU, gloo takes tensors where they are."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else t.device
