@@ -5,8 +5,10 @@
 
 Speed does not depend on the weights, so the stack is the embedded architecture (ViT-MAE foundation model, conv
 auto-encoder, linear head) with random weights: nothing is downloaded or pre-trained. Each benchmark reports
-images per second for the kit and for the naive loop, and their ratio; the tables go to
-`benchmarks/results/<device>.{json,md}` and a log-log plot of how the kit's PGD cost grows with the work.
+images per second for the kit and for the naive loop, and their ratio: after a warm-up of each, the kit's and
+the naive calls alternate and the fastest of each counts, so a change in the machine's load falls on both; the
+tables go to
+`benchmarks/results/<device>-<size>.{json,md}` and a log-log plot of how the kit's PGD cost grows with the work.
 - PGD-10 evaluation. Kit: the evaluator's loop (`attack_batches` and `predict`: frozen parameters, so no weight
   gradients; clean pass under `inference_mode`; torchattacks PGD); `evaluate` adds its structural checks, two
   forward passes and one forward-backward of 32 images per call. Naive: parameters left trainable and a hand-written PGD loop calling
@@ -20,6 +22,9 @@ images per second for the kit and for the naive loop, and their ratio; the table
 - SLF head, per epoch. Kit: the frozen stack's features computed once (`extract_features`), then each epoch
   trains the head on the cached tensor. Naive: each epoch recomputes the features through the trainable stack,
   and the backward runs through it.
+- Scaling: the kit's PGD-10 time against the number of examples, and the kit's and the naive loop's against the
+  foundation model's size (hidden width 64 to 512 at small size): the weight gradients the kit skips are matrix
+  products, whose share of the work grows with the model, so the speed-up does too.
 - Model FLOPs utilisation of the PGD loop (GPU only): the kit's PGD-10 (`attack_batches`, bf16 autocast) on
   ViT-MAE-Base and -Large at 224x224 (the published sizes, random weights), FLOPs of one step (forward and
   input-gradient backward) counted by `torch.utils.flop_counter`, against the device's dense bf16 peak.
@@ -41,10 +46,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import ViTMAEConfig, ViTMAEModel
 
+from cropkit import precision
 from cropkit.attacks import pgd
 from cropkit.checkpoint import atomic_write_bytes, write_json
 from cropkit.cost import measure
-from cropkit.evaluate import attack_batches, autocast, predict
+from cropkit.evaluate import attack_batches, predict
 from cropkit.finetune import FinetuneConfig, finetune_loss, unfreeze
 from cropkit.heads import LinearHead, extract_features
 from cropkit.losses import contrastive_loss, reconstruction_loss
@@ -67,7 +73,7 @@ class Size:
     mfu_images: int  # the PGD batch of the MFU measurement
 
 
-SIZES = {"small": Size(128, 2000, 3, (32, 64, 128, 256), (64, 128, 256), 32),
+SIZES = {"small": Size(128, 2000, 3, (32, 64, 128, 256), (64, 128, 256, 512), 32),
          "full": Size(1024, 20000, 5, (256, 512, 1024, 2048), (128, 256, 512, 768), 256)}
 # The published ViT-MAE encoders (He et al. 2022; facebook/vit-mae-base, -large), 224x224 images, 16x16 patches.
 VIT_MAE = {"ViT-MAE-Base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -88,19 +94,30 @@ def random_stack(hidden_size: int = 128, device: str = "cpu") -> Pipeline:
     return Pipeline(ConvAutoEncoder(1, 16, 64).requires_grad_(False), foundation, head.requires_grad_(False)).to(device)
 
 
+def seconds(fn: Callable[[], object], device: str) -> float:
+    """Wall-clock seconds of one call of `fn` (with the GPU's queue drained before and after)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def timed(fn: Callable[[], object], device: str, repeats: int = 3) -> float:
     """Seconds for one call of `fn`: the fastest of `repeats` calls after a warm-up (the least noisy estimate)."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
+    return min(seconds(fn, device) for _ in range(repeats))
+
+
+def timed_alternating(*fns: Callable[[], object], device: str, repeats: int = 3) -> list[float]:
+    """`timed` for several loops (the kit's and the naive one), their calls alternated: a change in the machine's
+    load (this CPU is shared) then falls on every side of a ratio instead of on one."""
+    for fn in fns:
         fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return best
+    rounds = [[seconds(fn, device) for fn in fns] for _ in range(repeats)]
+    return [min(column) for column in zip(*rounds)]
 
 
 def naive_pgd_accuracy(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int) -> float:
@@ -163,8 +180,8 @@ def bench_pgd(size: Size, device: str) -> dict[str, float]:
     naive = copy.deepcopy(kit).requires_grad_(True)
     x = torch.rand(size.images, 1, 28, 28, device=device)
     y = kit(x).argmax(1).detach()  # labels the model gets right, so every example is attacked
-    kit_s = timed(lambda: kit_pgd_accuracy(kit, x, y, EPS, 10), device)
-    naive_s = timed(lambda: naive_pgd_accuracy(naive, x, y, EPS, 10), device)
+    kit_s, naive_s = timed_alternating(lambda: kit_pgd_accuracy(kit, x, y, EPS, 10),
+                                       lambda: naive_pgd_accuracy(naive, x, y, EPS, 10), device=device)
     return {"kit_images_per_s": size.images / kit_s, "naive_images_per_s": size.images / naive_s,
             "ratio": naive_s / kit_s}
 
@@ -185,7 +202,7 @@ def bench_training_step(model: nn.Module, kit_loss: Callable[[Tensor, Tensor], T
             loss.backward()
             optimizer.step()
 
-    kit_s, naive_s = timed(lambda: train(kit_loss), device), timed(lambda: train(naive_loss), device)
+    kit_s, naive_s = timed_alternating(lambda: train(kit_loss), lambda: train(naive_loss), device=device)
     images = steps * batch_size
     return {"kit_images_per_s": images / kit_s, "naive_images_per_s": images / naive_s, "ratio": naive_s / kit_s}
 
@@ -217,8 +234,9 @@ def bench_slf(size: Size, device: str) -> dict[str, float]:
         torch.cuda.synchronize()
     extract_s = time.perf_counter() - started
     kit_head, naive_head = LinearHead(features.shape[1], 10).to(device), LinearHead(features.shape[1], 10).to(device)
-    kit_s = timed(lambda: head_epoch(kit_head, lambda cached: cached, features, y), device)
-    naive_s = timed(lambda: head_epoch(naive_head, lambda b: naive.foundation(naive.preprocessor(b)), x, y), device)
+    kit_s, naive_s = timed_alternating(
+        lambda: head_epoch(kit_head, lambda cached: cached, features, y),
+        lambda: head_epoch(naive_head, lambda b: naive.foundation(naive.preprocessor(b)), x, y), device=device)
     epochs = size.slf_epochs
     return {"kit_epoch_s": kit_s, "naive_epoch_s": naive_s, "ratio_per_epoch": naive_s / kit_s,
             "feature_extraction_s": extract_s,
@@ -226,7 +244,8 @@ def bench_slf(size: Size, device: str) -> dict[str, float]:
 
 
 def bench_scaling(size: Size, device: str) -> dict[str, list[list[float]]]:
-    """Kit PGD-10 seconds against the number of examples (default model) and against the model's hidden size."""
+    """PGD-10 seconds against the number of examples (kit, default model) and against the foundation model's size
+    (kit and naive): the kit saves the weight gradients, whose share of the work grows with the model."""
     stack = random_stack(device=device)
     by_images = []
     for n in size.scaling_images:
@@ -237,9 +256,11 @@ def bench_scaling(size: Size, device: str) -> dict[str, list[list[float]]]:
     x = torch.rand(size.scaling_images[0], 1, 28, 28, device=device)
     for hidden in size.hidden_sizes:
         model = random_stack(hidden, device)
+        naive = copy.deepcopy(model).requires_grad_(True)
         params = sum(p.numel() for p in model.foundation.parameters())
         y = model(x).argmax(1).detach()
-        by_model.append([params, timed(lambda: kit_pgd_accuracy(model, x, y, EPS, 10), device)])
+        by_model.append([params, *timed_alternating(lambda: kit_pgd_accuracy(model, x, y, EPS, 10),
+                                                    lambda: naive_pgd_accuracy(naive, x, y, EPS, 10), device=device)])
     return {"seconds_vs_images": by_images, "seconds_vs_foundation_parameters": by_model}
 
 
@@ -260,34 +281,38 @@ def vit_mae_stack(sizes: dict[str, int], device: str) -> Pipeline:
 
 
 def pgd_step_flops(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """FLOPs of one PGD step as the kit's attack runs it: forward and the input's gradient, under `autocast`."""
+    """FLOPs of one PGD step as the kit's attack runs it: forward and the input's gradient, under `precision.autocast`."""
     x = x.clone().requires_grad_(True)
-    with measure() as cost, autocast(x.device):
+    with measure() as cost, precision.autocast(x.device):
         torch.autograd.grad(F.cross_entropy(model(x).float(), y), x)
     return cost.flops
 
 
-def bench_mfu(size: Size, device: str, steps: int = 10) -> dict[str, dict[str, float]]:
+def pgd_mfu(sizes: dict[str, int], images: int, peak: float, device: str, steps: int = 10) -> dict[str, float]:
+    """PGD-`steps` model FLOPs utilisation of a ViT-MAE of `sizes` on `images` images against `peak` FLOP/s."""
+    model = vit_mae_stack(sizes, device)
+    x = torch.rand(images, 3, 224, 224)  # on the CPU, as `evaluate` hands images over
+    y = predict(model, x).clone()  # every example is attacked (a normal tensor, not an inference one)
+    step_flops = pgd_step_flops(model, x.to(device), y.to(device))
+    elapsed = timed(lambda: attack_batches(model, pgd(EPS, steps), x, y, n_classes=10, seed=0, batch_size=images),
+                    device)
+    return {"images": images, "pgd_step_tflop": step_flops / 1e12, "seconds": elapsed,
+            "tflops_per_s": steps * step_flops / elapsed / 1e12, "bf16_peak_tflops": peak / 1e12,
+            "mfu": steps * step_flops / elapsed / peak}
+
+
+def bench_mfu(size: Size, device: str) -> dict[str, dict[str, float]]:
     """PGD-10 model FLOPs utilisation on ViT-MAE-Base and -Large against the GPU's bf16 peak."""
     peak = bf16_peak_flops(torch.cuda.get_device_name())
     results = {}
     for name, sizes in VIT_MAE.items():
-        model = vit_mae_stack(sizes, device)
-        x = torch.rand(size.mfu_images, 3, 224, 224)  # on the CPU, as `evaluate` hands images over
-        y = predict(model, x).clone()  # every example is attacked (a normal tensor, not an inference one)
-        step_flops = pgd_step_flops(model, x.to(device), y.to(device))
-        seconds = timed(lambda: attack_batches(model, pgd(EPS, steps), x, y, n_classes=10, seed=0,
-                                               batch_size=size.mfu_images), device)
-        results[name] = {"images": size.mfu_images, "pgd_step_tflop": step_flops / 1e12, "seconds": seconds,
-                         "tflops_per_s": steps * step_flops / seconds / 1e12, "bf16_peak_tflops": peak / 1e12,
-                         "mfu": steps * step_flops / seconds / peak}
-        del model
-        torch.cuda.empty_cache()
+        results[name] = pgd_mfu(sizes, size.mfu_images, peak, device)
+        torch.cuda.empty_cache()  # the model of `pgd_mfu` is gone: return its memory before the next
     return results
 
 
 def slope(points: list[list[float]]) -> float:
-    """Least-squares exponent of seconds against the work on a log-log scale."""
+    """Least-squares exponent of the kit's seconds (column 1) against the work (column 0) on a log-log scale."""
     logs = torch.tensor(points).log()
     dx = logs[:, 0] - logs[:, 0].mean()
     return float((dx * (logs[:, 1] - logs[:, 1].mean())).sum() / (dx * dx).sum())
@@ -312,8 +337,10 @@ def main() -> None:
     else:
         mfu_lines = ["PGD-10 MFU: not measured (it needs a CUDA GPU and its bf16 peak)."]
     device = device_name(args.device)
-    rows = [("PGD-10 evaluation", f"{results['pgd10_evaluation']['kit_images_per_s']:.1f} img/s",
-             f"{results['pgd10_evaluation']['naive_images_per_s']:.1f} img/s", results["pgd10_evaluation"]["ratio"]),
+    pgd10 = results["pgd10_evaluation"]
+    rows = [("PGD-10 evaluation", f"{pgd10['kit_images_per_s']:.1f} img/s",
+             f"{pgd10['naive_images_per_s']:.1f} img/s", pgd10["ratio"]),
+
             ("CRoPD training step", f"{results['cropd_training_step']['kit_images_per_s']:.0f} img/s",
              f"{results['cropd_training_step']['naive_images_per_s']:.0f} img/s", results["cropd_training_step"]["ratio"]),
             ("AFT training step (PGD-3 inside)", f"{results['aft_training_step']['kit_images_per_s']:.1f} img/s",
@@ -328,6 +355,10 @@ def main() -> None:
                         f"{results['slf_head'][f'ratio_over_{size.slf_epochs}_epochs']:.1f}x.",
                         f"PGD-10 time grows as (examples)^{slope(scaling['seconds_vs_images']):.2f} and "
                         f"(foundation parameters)^{slope(scaling['seconds_vs_foundation_parameters']):.2f}.",
+                        "PGD-10 speed-up over the naive loop by foundation-model size ("
+                        f"{size.scaling_images[0]} images): " + ", ".join(
+                            f"{params / 1e6:.1f}M parameters {naive_s / kit_s:.2f}x"
+                            for params, kit_s, naive_s in scaling["seconds_vs_foundation_parameters"]) + ".",
                         *mfu_lines,
                         f"Whole benchmark: {time.perf_counter() - started:.0f} s."])
     print(table)
@@ -341,8 +372,14 @@ def main() -> None:
     for ax, (key, label) in zip(axes, [("seconds_vs_images", "examples attacked"),
                                        ("seconds_vs_foundation_parameters", "foundation-model parameters")]):
         points = torch.tensor(scaling[key])
-        ax.loglog(points[:, 0], points[:, 1], "o-")
-        ax.set(xlabel=label, ylabel="PGD-10 seconds", title=f"slope {slope(scaling[key]):.2f}")
+        ax.loglog(points[:, 0], points[:, 1], "o-", label="kit")
+        if points.shape[1] == 3:
+            ax.loglog(points[:, 0], points[:, 2], "s--", label="naive")
+            for x, kit_s, naive_s in points.tolist():
+                ax.annotate(f"{naive_s / kit_s:.2f}x", (x, naive_s), textcoords="offset points", xytext=(0, 6),
+                            ha="center", fontsize=8)
+            ax.legend()
+        ax.set(xlabel=label, ylabel="PGD-10 seconds", title=f"kit slope {slope(scaling[key]):.2f}")
     fig.suptitle(device, fontsize=9)
     fig.tight_layout()
     fig.savefig(args.out / f"{slug}-{args.size}-scaling.png", dpi=130)

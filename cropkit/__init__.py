@@ -1,9 +1,12 @@
 """cropkit: downstream adversarial robustness without adversarially fine-tuning the foundation model.
 
-The library behind the numbered notebooks: data (`cropkit.data`), the frozen foundation model and the
-end-to-end pipeline (`cropkit.models`), its embedded pre-training (`cropkit.pretrain`), linear heads
-(`cropkit.heads`), attacks and evaluation (`cropkit.attacks`, `cropkit.evaluate`), results files
-(`cropkit.results`) and batch reproduction (`cropkit.reproduce`).
+The library behind the numbered notebooks (the README's "What is where" table has a line per module): data
+(`cropkit.data`), the frozen foundation models and the end-to-end pipeline (`cropkit.models`), the embedded
+pre-training (`cropkit.pretrain`), CRoPD's pre-processors (`cropkit.train`, `cropkit.losses`), downstream heads
+(`cropkit.heads`, `cropkit.protocols`), robust fine-tuning (`cropkit.finetune`), the ACL family (`cropkit.acl`),
+attacks, evaluation and the gradient-masking audit (`cropkit.attacks`, `cropkit.evaluate`, `cropkit.audit`),
+training cost (`cropkit.cost`), the shared training loop (`cropkit.loop`), results files (`cropkit.results`) and
+batch reproduction (`cropkit.reproduce`).
 """
 
 __version__ = "0.1.0"

@@ -10,7 +10,8 @@ selected (`cropkit.rcs`) and trained on until the next selection.
 The finished model is cached by config hash, and every epoch is checkpointed so an interrupted run resumes.
 The history has one row per epoch with `seconds` (wall-clock, selection included), `selection_seconds` and
 `examples` (the images actually trained on). `TrainedACL.encoder()` is the frozen backbone (`pgd` branch) that
-the kit's downstream protocols take as their foundation model.
+the kit's downstream protocols take as their foundation model; `untrained_encoder(**settings)` is the same
+backbone at initialisation, the baseline.
 
 Kit choices where the sources are silent or a CPU needs less: SGD with momentum 0.9 in place of LARS; the
 warm-up + cosine schedule is stepped per epoch (an RCS epoch has fewer batches); the attack runs with the model
@@ -29,20 +30,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from cropkit.attacks import validate_eps
 from cropkit.augment import augment, dynacl_strength
-from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, read_json,
-                                resumable_training, save_weights, write_json)
+from cropkit.checkpoint import config_key, existing_directory, load_weights, read_json, save_weights, write_json
 from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, sir
 from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
+from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.losses import linf_ascent
-from cropkit.models.resnet import ACLModel, ResNet, RobustEncoder
+from cropkit.models.resnet import ACLModel, Branch, ResNet, RobustEncoder
 from cropkit.paths import cache_dir
 from cropkit.rcs import greedy_batch_selection, rd_validation_loss
-from cropkit.train import shuffled_batches
 
 Method = Literal["acl", "dynacl"]
 METHODS = ("acl", "dynacl")
@@ -166,6 +166,33 @@ def build_model(config: ACLConfig, train: ImageData) -> ACLModel:
     return ACLModel(backbone)
 
 
+@torch.no_grad()
+def calibrate_batchnorm(backbone: ResNet, images: Tensor, bn: Branch = "pgd", batch_size: int = 256) -> None:
+    """Set branch `bn`'s BatchNorm running statistics to their averages over `images`; no weight changes."""
+    norms = [m for m in backbone.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    backbone.train()
+    for x in images.split(batch_size):
+        backbone(x, bn=bn)
+    backbone.eval()
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+def untrained_encoder(**settings: Any) -> RobustEncoder:
+    """The frozen encoder of `ACLConfig(**settings)` at its seeded initialisation, never pre-trained: the baseline
+    that shows how much of a pre-trained encoder's downstream accuracy its pre-training earned. Its BatchNorm
+    statistics are measured on the training images, so its features are normalised as a trained encoder's are."""
+    config = ACLConfig(**settings)
+    train = load_dataset(config.dataset, "train").take(config.n_train, seed=config.seed)
+    backbone = build_model(config, train).backbone
+    calibrate_batchnorm(backbone, train.tensors()[0])
+    return RobustEncoder(backbone, "random init")
+
+
 def training_loss(model: ACLModel, x: Tensor, config: ACLConfig, strength: float,
                   generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
     """The loss of `config` on the batch `x` at augmentation strength s, and its parts for the history."""
@@ -252,24 +279,16 @@ def pretrain_acl(method: Method = "acl", *, air: bool = False, rcs: RCSConfig | 
                     write_json(coreset_file, {"epoch": epoch, "indices": training_set.tolist()})
                 elif training_set is candidates:  # resumed between two selections
                     training_set = torch.tensor(read_json(coreset_file)["indices"])
-            sums: dict[str, float] = {}
-            examples = 0
+            means = RunningMeans()
             for batch in shuffled_batches(len(training_set), config.batch_size, generator):
                 if len(batch) < 2:  # NT-Xent needs a negative
                     continue
                 loss, parts = training_loss(model, images[training_set[batch].to(device)], config, strength, generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for k, v in {"loss": loss.item(), **parts}.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(batch)
-                examples += len(batch)
+                descend(loss, optimizer, name=config.name, epoch=epoch)
+                means.add({"loss": loss.item(), **parts}, len(batch))
         scheduler.step()
-        cost.examples = examples
-        return {**{k: v / examples for k, v in sums.items()}, "strength": strength, **cost.fields(),
-                "selection_seconds": selection_seconds}
+        cost.examples = means.count
+        return {**means.means(), "strength": strength, **cost.fields(), "selection_seconds": selection_seconds}
 
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
                                  config=config.fields(), epochs=config.epochs, run_epoch=run_epoch,

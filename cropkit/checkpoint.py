@@ -1,5 +1,4 @@
-"""Atomic files and folders, training checkpoints (safetensors weights + JSON metadata) that resume, and the
-pieces every training loop shares: cache keys and the warm-up + cosine learning-rate schedule.
+"""Atomic files and folders, saved weights (safetensors + JSON), training checkpoints that resume, and cache keys.
 
 A checkpoint folder holds `model.safetensors` (weights), `state.pt` (optimiser, scheduler and RNG state, read
 back with `torch.load(weights_only=True)`) and `trainer.json` (epoch, history, config). It is replaced as a whole,
@@ -11,21 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
-from tqdm import tqdm
-
-from cropkit import distributed
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -146,53 +140,6 @@ def load_training_state(
     return meta["epoch"], meta["history"]
 
 
-def resumable_training(
-    directory: Path,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    config: dict[str, Any],
-    epochs: int,
-    run_epoch: Callable[[int], dict[str, float]],
-    desc: str,
-    progress: bool = True,
-    restart: bool = False,
-) -> list[dict[str, Any]]:
-    """Run `run_epoch(epoch)` for each epoch not yet done, checkpointing to `directory` after every one.
-
-    An interrupted run called again with the same config resumes after its last checkpoint (`restart` ignores
-    it). Returns the per-epoch history: the stats `run_epoch` returned, plus the epoch number and the epoch's
-    wall-clock `seconds` (unless `run_epoch` returns its own, e.g. a `cropkit.cost` measure of training alone).
-    Under torchrun rank 0 alone writes the checkpoint, and every rank waits for it before the next epoch.
-    """
-    resumed = None if restart else load_training_state(
-        directory, model=model, optimizer=optimizer, scheduler=scheduler, config=config)
-    start, history = resumed or (0, [])
-    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs)
-    for epoch in bar:
-        started = time.perf_counter()
-        stats = run_epoch(epoch)
-        history.append({"epoch": epoch + 1, "seconds": time.perf_counter() - started, **stats})
-        bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if isinstance(v, float)})
-        if distributed.is_main():
-            save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
-                                epoch=epoch + 1, history=history, config=config)
-        distributed.barrier()
-    return history
-
-
 def config_key(fields: dict[str, Any]) -> str:
     """Short hash of a training config: a changed field never reuses a stale cache entry."""
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
-                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_steps`, then cosine decay to zero at `total_steps` (stepped once per batch)."""
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

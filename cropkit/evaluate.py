@@ -12,32 +12,17 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cropkit import distributed
+from cropkit import distributed, precision
 from cropkit.attacks import IMPLEMENTATION, AttackSpec
 from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
 from cropkit.results import append_records, provenance
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast(device: torch.device) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA (matrix products in bf16, reductions and losses in fp32); fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-def precision(device: torch.device) -> str:
-    """How `autocast` runs models on `device`, as the records state it."""
-    return "bf16 autocast" if device.type == "cuda" else "fp32"
 
 
 class _Fp32Logits(nn.Module):
@@ -50,7 +35,7 @@ class _Fp32Logits(nn.Module):
         self.training = model.training  # torchattacks restores the mode it finds here after every attack
 
     def forward(self, x: Tensor) -> Tensor:
-        with autocast(x.device):
+        with precision.autocast(x.device):
             return self.model(x).float()
 
 
@@ -63,7 +48,7 @@ def _pinned(t: Tensor, device: torch.device) -> Tensor:
 def predict(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     """Predicted classes of `images` (on the model's device, under `autocast`), returned on the CPU."""
     device = next(model.parameters()).device
-    with autocast(device):
+    with precision.autocast(device):
         return torch.cat([model(x.to(device, non_blocking=True)).argmax(dim=1)
                           for x in images.split(batch_size)]).cpu()
 
@@ -116,7 +101,7 @@ def evaluate(
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
     the one-process ones.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else precision.default_device()
     pipeline = pipeline.to(device).eval()
     model = torch.compile(pipeline, backend=compile) if compile is not None else pipeline
     images, labels = data.tensors()
@@ -139,7 +124,7 @@ def evaluate(
         "seed": seed,
         "clean_accuracy": clean_accuracy,
         "audit": audit.verdict(),
-        "precision": precision(device),
+        "precision": precision.describe(device),
         "compile": compile,
         "processes": distributed.world_size(),
         **provenance(device),

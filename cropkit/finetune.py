@@ -28,16 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cropkit import precision
 from cropkit.attacks import validate_eps
-from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, resumable_training,
-                                save_weights)
+from cropkit.checkpoint import config_key, existing_directory, load_weights, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData
-from cropkit.evaluate import autocast, default_device
+from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.losses import linf_ascent
 from cropkit.models import Pipeline
 from cropkit.paths import cache_dir
-from cropkit.train import shuffled_batches
 
 Method = Literal["aft", "tecoa", "pmg-aft", "trades"]
 METHODS = ("aft", "tecoa", "pmg-aft", "trades")
@@ -195,7 +194,7 @@ def finetune_robust(
         saved = load_weights(tuned, found)
         return FinetunedPipeline(tuned.requires_grad_(False).eval(), config, saved["history"], found)
 
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else precision.default_device()
     tuned.to(device)
     guide = pipeline.to(device).eval() if config.method == "pmg-aft" else None
     parameters = unfreeze(tuned, config)
@@ -205,23 +204,17 @@ def finetune_robust(
 
     def run_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sums: dict[str, float] = {}
+        means = RunningMeans()
         tuned.train()
         with measure(tuned, examples=len(images), device=device) as cost:
             for batch in shuffled_batches(len(images), config.batch_size, generator):
                 x, y = images[batch].to(device, non_blocking=True), labels[batch].to(device, non_blocking=True)
-                with autocast(device):
+                with precision.autocast(device):
                     loss, parts = finetune_loss(tuned, guide, config, x, y, generator)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{config.name}: loss became {loss.item()} at epoch {epoch + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                for k, v in (parts | {"loss": loss.item()}).items():
-                    sums[k] = sums.get(k, 0.0) + v * len(batch)
+                descend(loss, optimizer, scheduler, name=config.name, epoch=epoch)
+                means.add(parts | {"loss": loss.item()}, len(batch))
         tuned.eval()
-        return {f"train_{k}": v / len(images) for k, v in sums.items()} | cost.fields()
+        return means.means("train_") | cost.fields()
 
     partial = out.with_name(out.name + ".partial")
     history = resumable_training(partial, model=tuned, optimizer=optimizer, scheduler=scheduler,

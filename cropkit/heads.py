@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cropkit import precision
+
 
 class LinearHead(nn.Module):
     """Standardise features with fixed training-set statistics, then one linear layer (an affine map overall)."""
@@ -34,11 +36,16 @@ def extract_features(
     model: nn.Module, images: Tensor, *, batch_size: int = 256, device: torch.device | str | None = None,
     desc: str = "features",
 ) -> Tensor:
-    """Run a frozen `model` over `images` in batches and return its outputs on the CPU."""
+    """Run a frozen `model` over `images` in batches and return its outputs on the CPU (fp32).
+
+    The model runs under `precision.autocast`, as in `evaluate` (bf16 on CUDA), so a head is fitted on the same features that
+    `evaluate` will score it on.
+    """
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     model.eval()
-    chunks = [model(batch.to(device)).float().cpu()
-              for batch in tqdm(images.split(batch_size), desc=desc, leave=False)]
+    with precision.autocast(device):
+        chunks = [model(batch.to(device)).float().cpu()
+                  for batch in tqdm(images.split(batch_size), desc=desc, leave=False)]
     return torch.cat(chunks)
 
 

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
-from cropkit.checkpoint import atomic_directory, config_key, cosine_schedule, resumable_training, write_json
+from cropkit.checkpoint import atomic_directory, config_key, write_json
 from cropkit.data import load_dataset
+from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.models.foundation import FoundationModel, Pooling
 from cropkit.paths import cache_dir
 
@@ -134,20 +135,15 @@ def pretrain_mae(
 
     def run_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)  # per epoch: resume-proof
-        total = 0.0
+        means = RunningMeans()
         model.train()
-        for batch in torch.randperm(len(images), generator=generator).split(config.batch_size):
+        for batch in shuffled_batches(len(images), config.batch_size, generator):
             x = _random_shift(images[batch.to(device)], config.max_shift, generator, fill=-shift / scale)
             noise = torch.rand(len(batch), num_patches, generator=generator).to(device)
             loss = model(pixel_values=x, noise=noise).loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"MAE loss became {loss.item()} at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.item() * len(batch)
-        return {"loss": total / len(images), "lr": scheduler.get_last_lr()[0]}
+            descend(loss, optimizer, scheduler, name="MAE pre-training", epoch=epoch)
+            means.add({"loss": loss.item()}, len(batch))
+        return means.means() | {"lr": scheduler.get_last_lr()[0]}
 
     partial = out.with_name(out.name + ".partial")
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,

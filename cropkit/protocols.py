@@ -18,12 +18,11 @@ from torch import nn
 from tqdm import tqdm
 
 from cropkit.attacks import AttackSpec
-from cropkit.checkpoint import cosine_schedule
 from cropkit.cost import measure
 from cropkit.data import ImageData
 from cropkit.heads import extract_features, train_linear_head
+from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
 from cropkit.models import Pipeline
-from cropkit.train import shuffled_batches
 
 
 def fit_slf(preprocessor: nn.Module | None, foundation: nn.Module, train: ImageData, *,
@@ -57,20 +56,15 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     for epoch in tqdm(range(epochs), desc="ALF head", disable=not progress):
         adversary = attack.build(pipeline, n_classes=train.num_classes, seed=seed + epoch)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        total, correct = 0.0, 0
+        means = RunningMeans()
         with measure(head, examples=len(images), device=device) as cost:
             for batch in shuffled_batches(len(images), batch_size, generator):
                 x, y = images[batch].to(device), labels[batch].to(device)
-                x_adv = adversary(x, y)
-                logits = pipeline(x_adv)
+                logits = pipeline(adversary(x, y))
                 loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += loss.item() * len(batch)
-                correct += int((logits.argmax(1) == y).sum())
-        history.append({"epoch": epoch + 1, "adv_loss": total / len(images), "adv_accuracy": correct / len(images),
-                        **cost.fields()})
+                descend(loss, optimizer, scheduler, name="ALF head", epoch=epoch)
+                means.add({"adv_loss": loss.item(), "adv_accuracy": (logits.argmax(1) == y).float().mean().item()},
+                          len(batch))
+        history.append({"epoch": epoch + 1, **means.means(), **cost.fields()})
     head.requires_grad_(False).eval()
     return pipeline, history

@@ -18,12 +18,15 @@ from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cropkit.checkpoint import atomic_write_bytes
 from cropkit.paths import project_root, resolve
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TRACKED_PACKAGES = ("torch", "torchvision", "transformers", "torchattacks", "numpy")
 
@@ -97,7 +100,7 @@ def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def accuracy_table(records: Iterable[dict[str, Any]], index: str | list[str] = "model"):
+def accuracy_table(records: Iterable[dict[str, Any]], index: str | list[str] = "model") -> pd.DataFrame:
     """A pandas table of accuracies: one row per `index` value, a clean column, one column per attack.
 
     Clean accuracy is the one measured with each row's largest evaluation; an attack run on fewer examples

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cropkit import distributed
+from cropkit import distributed, precision
 from cropkit.attacks import validate_eps
-from cropkit.checkpoint import (config_key, cosine_schedule, existing_directory, load_weights, resumable_training,
-                                save_weights)
+from cropkit.checkpoint import config_key, existing_directory, load_weights, save_weights
 from cropkit.cost import measure
 from cropkit.data import load_dataset
-from cropkit.evaluate import autocast
+from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import Architecture, build_autoencoder
 from cropkit.paths import cache_dir
@@ -117,11 +116,6 @@ def monitored_contrastive_loss(model: nn.Module, images: Tensor, labels: Tensor 
         return float(contrastive_loss(model.latent(x_adv), model.latent(x), labels, tau))
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """Index batches of a random permutation of range(n)."""
-    return iter(torch.randperm(n, generator=generator).split(batch_size))
-
-
 def preprocessor_loss(model: nn.Module, config: PreprocessorConfig, x: Tensor, y: Tensor,
                       generator: torch.Generator | None = None,
                       part: slice | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -188,27 +182,17 @@ def train_preprocessor(
     def run_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         model.train()
-        sums: dict[str, float] = {}
+        means = RunningMeans()
         with measure(model, examples=len(images), device=device) as cost:
             for batch in shuffled_batches(len(images), config.batch_size, generator):
                 part = distributed.shard(len(batch))
-                with autocast(device):
+                with precision.autocast(device):
                     loss, parts = preprocessor_loss(model, config, images[batch.to(device)],
                                                     labels[batch.to(device)], generator, part)
-                whole_batch_loss = distributed.sum_across(loss.detach())
-                if not torch.isfinite(whole_batch_loss):
-                    raise FloatingPointError(
-                        f"{config.name}: loss became {whole_batch_loss.item()} at epoch {epoch + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.sum_gradients(model)
-                optimizer.step()
-                scheduler.step()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v * (part.stop - part.start)
+                descend(loss, optimizer, scheduler, name=config.name, epoch=epoch, sharded_model=model)
+                means.add(parts, part.stop - part.start)
         model.eval()
-        totals = distributed.sum_across(torch.tensor(list(sums.values()), dtype=torch.float64, device=device))
-        stats = {f"train_{k}": float(v) / len(images) for k, v in zip(sums, totals)} | cost.fields()
+        stats = means.means("train_", across_ranks=True) | cost.fields()
         stats["test_psnr"] = psnr(model, monitor_x)
         stats["test_l_con"] = monitored_contrastive_loss(model, monitor_x, None if config.label_free else monitor_y,
                                                          config.eps, config.tau, config.seed)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cropkit.acl import ACLConfig, RCSConfig, build_model, pretrain_acl, select_coreset, training_loss
+from cropkit.acl import (ACLConfig, RCSConfig, build_model, pretrain_acl, select_coreset, training_loss,
+                         untrained_encoder)
 from cropkit.augment import augment, dynacl_strength
 from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, representational_divergence, sir
 from cropkit.losses import linf_ascent
@@ -186,6 +187,20 @@ def test_pretrain_records_history_caches_and_plugs_into_the_downstream_protocols
     pipeline = Pipeline(None, encoder, nn.Linear(encoder.feature_dim, 10))
     pipeline(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0  # attacks reach the input through the encoder
+
+
+def test_untrained_encoder_is_the_frozen_seeded_start_of_pre_training(mnist):
+    settings = dict(n_train=40, **TINY)
+    encoder = untrained_encoder(**settings)
+    assert encoder.name == "random init" and encoder.feature_dim == 8 * TINY["width"]
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    start = build_model(ACLConfig(**settings), mnist[0].take(40, seed=0)).backbone
+    assert all(torch.equal(a, b) for a, b in zip(encoder.parameters(), start.parameters()))
+    first = encoder.backbone.stem[1]  # its BatchNorm: the `pgd` branch measured on the images, `normal` untouched
+    assert first.pgd.num_batches_tracked == 1 and first.pgd.running_mean.abs().sum() > 0
+    assert torch.equal(first.normal.running_mean, start.stem[1].normal.running_mean)
+    other_seed = untrained_encoder(**(settings | {"seed": 1}))
+    assert not torch.equal(encoder.backbone.stem[0].weight, other_seed.backbone.stem[0].weight)
 
 
 def test_pretrain_resumes_after_an_interruption(tmp_path, monkeypatch, interrupted_after_first_checkpoint):

@@ -8,12 +8,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cropkit import evaluate as evaluation
+from cropkit import precision
 from cropkit.attacks import pgd
 from cropkit.data import load_dataset
 from cropkit.evaluate import attack_batches, evaluate, predict
+from cropkit.heads import extract_features
 
 EPS = 0.002  # the random-feature pipeline is far from robust: PGD at this radius leaves about a third of the digits
+
+
+def CPU_BF16(device: torch.device) -> torch.autocast:
+    """bf16 autocast on the CPU: stands in for CUDA's bf16 so these tests exercise the reduced-precision paths."""
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +51,7 @@ def test_attacks_under_bf16_autocast_get_fp32_logits_and_stay_in_the_ball(random
     fp32_predictions = predict(random_pipeline, x)
     fp32_adversarial = attack_batches(random_pipeline, pgd(EPS, steps=3), x, y, n_classes=10, seed=0, batch_size=32)
     assert not any(m.training for m in random_pipeline.modules())  # the attack's wrapper left the mode alone
-    monkeypatch.setattr(evaluation, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(precision, "autocast", CPU_BF16)
     head_outputs, attack_inputs = [], []
     handle = random_pipeline.head.register_forward_hook(lambda module, args, out: head_outputs.append(out.dtype))
     real_loss = torch.nn.CrossEntropyLoss.forward
@@ -61,3 +67,16 @@ def test_attacks_under_bf16_autocast_get_fp32_logits_and_stay_in_the_ball(random
     assert adversarial.dtype == torch.float32 and (adversarial - x).abs().max() <= EPS + 1e-6
     assert not torch.equal(adversarial, fp32_adversarial)  # the gradients really came from the bf16 model
     assert (bf16_predictions == fp32_predictions).float().mean() > 0.9
+
+
+def test_features_for_a_head_are_extracted_in_the_precision_evaluate_scores_them_in(random_pipeline, digits,
+                                                                                    monkeypatch):
+    x = digits.tensors()[0]
+    fp32 = extract_features(random_pipeline.foundation, x)
+    monkeypatch.setattr(precision, "autocast", CPU_BF16)
+    reduced = extract_features(random_pipeline.foundation, x)
+    with torch.inference_mode(), CPU_BF16(x.device):
+        expected = random_pipeline.foundation(x).float()
+    assert reduced.dtype == torch.float32
+    torch.testing.assert_close(reduced, expected)
+    assert not torch.allclose(reduced, fp32, rtol=0, atol=1e-4)  # the bf16 forward really ran

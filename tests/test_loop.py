@@ -1,0 +1,55 @@
+"""The pieces every training loop shares: batches, schedule, the guarded step, epoch means."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
+
+
+def test_shuffled_batches_cover_every_index_once_and_follow_the_generator():
+    batches = list(shuffled_batches(10, 4, torch.Generator().manual_seed(0)))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert sorted(torch.cat(batches).tolist()) == list(range(10))
+    again = list(shuffled_batches(10, 4, torch.Generator().manual_seed(0)))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+
+
+def test_cosine_schedule_warms_up_linearly_then_decays_to_zero():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = cosine_schedule(optimizer, total_steps=12, warmup_steps=2)
+    rates = []
+    for _ in range(12):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert rates[7] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 10)))
+    assert all(a >= b for a, b in zip(rates[2:], rates[3:]))
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_descend_takes_one_step_and_refuses_a_non_finite_loss_before_touching_the_weights():
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = cosine_schedule(optimizer, total_steps=4)
+    before = model.weight.detach().clone()
+    descend(model(torch.ones(2, 3)).sum(), optimizer, scheduler, name="run", epoch=0)
+    assert not torch.equal(model.weight, before)
+    assert scheduler.last_epoch == 1
+
+    after_one = model.weight.detach().clone()
+    with pytest.raises(FloatingPointError, match="run: loss became nan at epoch 3"):
+        descend(model(torch.full((2, 3), float("nan"))).sum(), optimizer, scheduler, name="run", epoch=2)
+    assert torch.equal(model.weight, after_one)
+    assert scheduler.last_epoch == 1
+
+
+def test_running_means_weight_each_batch_by_its_examples():
+    means = RunningMeans()
+    means.add({"loss": 1.0, "acc": 0.5}, 3)
+    means.add({"loss": 3.0, "acc": 1.0}, 1)
+    assert means.count == 4
+    assert means.means("train_") == pytest.approx({"train_loss": 1.5, "train_acc": 0.625})
