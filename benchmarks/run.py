@@ -26,8 +26,9 @@ tables go to
   foundation model's size (hidden width 64 to 512 at small size): the weight gradients the kit skips are matrix
   products, whose share of the work grows with the model, so the speed-up does too.
 - Model FLOPs utilisation of the PGD loop (GPU only): the kit's PGD-10 (`attack_batches`, bf16 autocast) on
-  ViT-MAE-Base and -Large at 224x224 (the published sizes, random weights), FLOPs of one step (forward and
-  input-gradient backward) counted by `torch.utils.flop_counter`, against the device's dense bf16 peak.
+  ViT-MAE-Base and -Large at 224x224 (the published sizes, random weights), on the largest batch that fits
+  (`cropkit.evaluate.largest_batch`), FLOPs of one step (forward and input-gradient backward) counted by
+  `torch.utils.flop_counter`, against the device's dense bf16 peak.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from cropkit import precision
 from cropkit.attacks import pgd
 from cropkit.checkpoint import atomic_write_bytes, write_json
 from cropkit.cost import measure
-from cropkit.evaluate import attack_batches, predict
+from cropkit.evaluate import attack_batches, largest_batch, predict
 from cropkit.finetune import FinetuneConfig, finetune_loss, unfreeze
 from cropkit.heads import LinearHead, extract_features
 from cropkit.losses import contrastive_loss, reconstruction_loss
@@ -70,11 +71,11 @@ class Size:
     slf_epochs: int
     scaling_images: tuple[int, ...]  # the work axis of the scaling plot
     hidden_sizes: tuple[int, ...]  # the model-size axis
-    mfu_images: int  # the PGD batch of the MFU measurement
+    mfu_batch_limit: int  # the MFU measurement attacks the largest batch that fits, up to this
 
 
 SIZES = {"small": Size(128, 2000, 3, (32, 64, 128, 256), (64, 128, 256, 512), 32),
-         "full": Size(1024, 20000, 5, (256, 512, 1024, 2048), (128, 256, 512, 768), 256)}
+         "full": Size(1024, 20000, 5, (256, 512, 1024, 2048), (128, 256, 512, 768), 512)}
 # The published ViT-MAE encoders (He et al. 2022; facebook/vit-mae-base, -large), 224x224 images, 16x16 patches.
 VIT_MAE = {"ViT-MAE-Base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                             "intermediate_size": 3072},
@@ -288,9 +289,11 @@ def pgd_step_flops(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return cost.flops
 
 
-def pgd_mfu(sizes: dict[str, int], images: int, peak: float, device: str, steps: int = 10) -> dict[str, float]:
-    """PGD-`steps` model FLOPs utilisation of a ViT-MAE of `sizes` on `images` images against `peak` FLOP/s."""
+def pgd_mfu(sizes: dict[str, int], batch_limit: int, peak: float, device: str, steps: int = 10) -> dict[str, float]:
+    """PGD-`steps` model FLOPs utilisation of a ViT-MAE of `sizes` against `peak` FLOP/s, on one batch: the
+    largest that fits the GPU (`largest_batch`), up to `batch_limit` images."""
     model = vit_mae_stack(sizes, device)
+    images = largest_batch(model, torch.rand(1, 3, 224, 224), start=16, limit=batch_limit)
     x = torch.rand(images, 3, 224, 224)  # on the CPU, as `evaluate` hands images over
     y = predict(model, x).clone()  # every example is attacked (a normal tensor, not an inference one)
     step_flops = pgd_step_flops(model, x.to(device), y.to(device))
@@ -306,7 +309,7 @@ def bench_mfu(size: Size, device: str) -> dict[str, dict[str, float]]:
     peak = bf16_peak_flops(torch.cuda.get_device_name())
     results = {}
     for name, sizes in VIT_MAE.items():
-        results[name] = pgd_mfu(sizes, size.mfu_images, peak, device)
+        results[name] = pgd_mfu(sizes, size.mfu_batch_limit, peak, device)
         torch.cuda.empty_cache()  # the model of `pgd_mfu` is gone: return its memory before the next
     return results
 

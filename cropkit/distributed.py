@@ -84,6 +84,16 @@ def sum_across(values: Tensor) -> Tensor:
     return total.to(values.device)
 
 
+def min_across(value: int) -> int:
+    """The smallest of the ranks' `value`s: a setting, such as a batch size, that every rank must share."""
+    if not dist.is_initialized():
+        return value
+    smallest = torch.tensor([value], dtype=torch.int64)
+    smallest = smallest.to(_comm_device(smallest))
+    dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    return int(smallest.item())
+
+
 def sum_gradients(model: nn.Module) -> None:
     """Replace every parameter gradient by its sum over the ranks, in one all-reduce of a flat buffer.
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,53 @@ def attack_batches(
     return torch.cat(adversarial) if adversarial else images[:0]
 
 
+def fitting_batch(step: Callable[[int], object], start: int, limit: int) -> int:
+    """The largest batch size n for which `step(n)` runs without CUDA running out of memory: doubling from
+    `start` (while n <= `limit`) after a success, halving after a first failure; a powers-of-two search."""
+    if not 1 <= start <= limit:
+        raise ValueError(f"need 1 <= start <= limit, got start={start}, limit={limit}")
+    n, growing = start, True
+    while True:
+        try:
+            step(n)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if not growing:
+                if n == 1:
+                    raise
+                n //= 2
+                continue
+            if n == start:  # nothing fitted yet: search downwards
+                growing, n = False, n // 2
+                if n == 0:
+                    raise
+                continue
+            return n // 2
+        if not growing or 2 * n > limit:
+            return n
+        n *= 2
+
+
+def largest_batch(model: nn.Module, example: Tensor, *, start: int = 64, limit: int = 2048) -> int:
+    """The largest power-of-two multiple of `start` (at most `limit`) for which one attack step on `model` (the
+    forward and the input's gradient under `precision.autocast`, as the attacks run it) fits in the GPU's memory.
+
+    A CPU returns `start`: memory rarely limits it there, and larger batches do not run faster. Under torchrun
+    every rank gets the smallest rank's size, since the ranks split the attack by batches.
+    """
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return start
+
+    def attack_step(n: int) -> None:
+        x = example[:1].to(device).expand(n, *example.shape[1:]).clone().requires_grad_(True)
+        with precision.autocast(device):
+            loss = model(x).float().logsumexp(dim=1).sum()
+        torch.autograd.grad(loss, x)
+
+    return distributed.min_across(fitting_batch(attack_step, start, limit))
+
+
 def evaluate(
     pipeline: nn.Module,
     data: ImageData,
@@ -84,7 +131,7 @@ def evaluate(
     *,
     model_name: str,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | Literal["auto"] = 256,
     device: torch.device | str | None = None,
     results: str | os.PathLike[str] | None = None,
     setup: dict[str, Any] | None = None,
@@ -96,7 +143,8 @@ def evaluate(
     `setup` describes the model (pre-processor, foundation model, head) and is stored with every record;
     `audit` is the model's full audit report, if one was run (otherwise the structural checks are run here).
     `compile` names a `torch.compile` backend ("inductor", PyTorch's default, for speed) through which the clean
-    passes and the attacks run; None runs them eagerly.
+    passes and the attacks run; None runs them eagerly. `batch_size="auto"` takes the `largest_batch` that fits
+    the GPU (256 on a CPU); the attacks' random starts are seeded per batch, so the batch size is recorded.
     Under torchrun every rank calls it alike: the clean pass is split by examples and the attacks by batches
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
     the one-process ones.
@@ -105,6 +153,8 @@ def evaluate(
     pipeline = pipeline.to(device).eval()
     model = torch.compile(pipeline, backend=compile) if compile is not None else pipeline
     images, labels = data.tensors()
+    if batch_size == "auto":
+        batch_size = largest_batch(pipeline, images[:1], start=256)
     if audit is None:
         audit = AuditReport(model_name, attacks[0].eps if attacks else 0.0,
                             structural_checks(pipeline, images[:SAMPLE], labels[:SAMPLE], data.num_classes), full=False)
@@ -126,6 +176,7 @@ def evaluate(
         "audit": audit.verdict(),
         "precision": precision.describe(device),
         "compile": compile,
+        "batch_size": batch_size,
         "processes": distributed.world_size(),
         **provenance(device),
     }

@@ -78,17 +78,26 @@ def tiny_pipeline(tiny_foundation, mnist):
     return Pipeline(None, tiny_foundation, head)
 
 
-@pytest.fixture(scope="session")
-def random_pipeline():
-    """Identity, a tiny ViT-MAE with random weights and a linear head fitted on the digits (seconds, no pre-training)."""
-    from cropkit.data import load_dataset
-    from cropkit.heads import extract_features, train_linear_head
+def random_architecture():
+    """Identity, the tiny ViT-MAE with its seeded random weights, and an unfitted 10-class linear head."""
+    from cropkit.heads import LinearHead
     from cropkit.models import FoundationModel, Pipeline
     from cropkit.pretrain import build_mae
 
     foundation = FoundationModel(build_mae(TINY, num_channels=1).vit, [0.5], [0.5])
+    return Pipeline(None, foundation, LinearHead(foundation.feature_dim, 10))
+
+
+@pytest.fixture(scope="session")
+def random_pipeline():
+    """`random_architecture` with its head fitted on the digits (seconds, no pre-training)."""
+    from cropkit.data import load_dataset
+    from cropkit.heads import extract_features, train_linear_head
+
+    pipeline = random_architecture()
     x, y = load_dataset("digits", "train").tensors()
-    return Pipeline(None, foundation, train_linear_head(extract_features(foundation, x), y, 10, weight_decay=1e-3))
+    pipeline.head = train_linear_head(extract_features(pipeline.foundation, x), y, 10, weight_decay=1e-3)
+    return pipeline
 
 
 @pytest.fixture

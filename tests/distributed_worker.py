@@ -2,7 +2,7 @@
 
 Each rank makes exactly the calls one process would make: train CONFIG from scratch (cache OUT/fresh), train it
 again where a one-process run was interrupted after its first epoch (cache OUT/resumed), and evaluate the
-pipeline saved in OUT/pipeline.pt. Rank 0 writes what the test compares to OUT/two-process.pt; every rank writes
+pipeline saved in OUT/pipeline (safetensors, into `random_architecture`). Rank 0 writes what the test compares to OUT/two-process.pt; every rank writes
 how many checkpoints it saved to OUT/saves-<rank>.json.
 """
 
@@ -15,8 +15,11 @@ from pathlib import Path
 
 import torch
 
+from conftest import random_architecture  # this script's folder, tests/, is on the path
+
 from cropkit import checkpoint, distributed
 from cropkit.attacks import AttackSpec, pgd
+from cropkit.checkpoint import load_weights
 from cropkit.data import load_dataset
 from cropkit.evaluate import evaluate
 from cropkit.train import PreprocessorConfig, train_preprocessor
@@ -47,13 +50,15 @@ def main(out: Path) -> None:
     for name in ("fresh", "resumed"):
         os.environ["CROPKIT_CACHE"] = str(out / name)
         trained[name] = train_preprocessor(CONFIG, progress=False)
-    pipeline = torch.load(out / "pipeline.pt", weights_only=False)
+    pipeline = random_architecture()
+    load_weights(pipeline, out / "pipeline")
     records = evaluate(pipeline, eval_data(), ATTACKS, model_name="tiny", batch_size=EVAL_BATCH, device="cpu",
                        results=out / "records.jsonl")
     (out / f"saves-{distributed.rank()}.json").write_text(json.dumps(saves))
+    smallest = distributed.min_across(distributed.rank() + 3)  # every rank learns the smallest rank's value
     if distributed.is_main():
         torch.save({name: {"weights": t.model.state_dict(), "history": t.history} for name, t in trained.items()}
-                   | {"records": records}, out / "two-process.pt")
+                   | {"records": records, "smallest": smallest}, out / "two-process.pt")
 
 
 if __name__ == "__main__":

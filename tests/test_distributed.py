@@ -18,6 +18,7 @@ import torch
 
 import cropkit
 from cropkit import checkpoint, distributed
+from cropkit.checkpoint import save_weights
 from cropkit.evaluate import evaluate
 from cropkit.losses import contrastive_loss
 from cropkit.train import train_preprocessor
@@ -39,7 +40,7 @@ def one_thread():
 def runs(tmp_path_factory, random_pipeline, one_thread):
     """(one-process results, two-process results, the folder of the two-process run)."""
     out = tmp_path_factory.mktemp("ddp")
-    torch.save(random_pipeline, out / "pipeline.pt")
+    save_weights(random_pipeline, out / "pipeline", {})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CROPKIT_CACHE", str(out / "one-process"))
         one = {"fresh": train_preprocessor(CONFIG, progress=False),
@@ -62,7 +63,7 @@ def runs(tmp_path_factory, random_pipeline, one_thread):
                str(Path(__file__).parent / "distributed_worker.py"), str(out)]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    return one, torch.load(out / "two-process.pt", weights_only=False), out
+    return one, torch.load(out / "two-process.pt", weights_only=True), out
 
 
 def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -95,6 +96,10 @@ def test_sharded_evaluation_gives_the_unsharded_accuracies(runs):
         assert ours["attack"] == theirs["attack"]
         assert 0 < ours["robust_accuracy"] < ours["clean_accuracy"]  # the comparison is not between trivial zeros
         assert (ours["clean_accuracy"], ours["robust_accuracy"]) == (theirs["clean_accuracy"], theirs["robust_accuracy"])
+
+
+def test_ranks_agree_on_the_smallest_value(runs):
+    assert runs[1]["smallest"] == 3  # rank 0 offered 3, rank 1 offered 4
 
 
 def test_shards_cover_a_batch_in_order(monkeypatch):

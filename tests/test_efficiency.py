@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cropkit import precision
+from cropkit import distributed, precision
 from cropkit.attacks import pgd
 from cropkit.data import load_dataset
-from cropkit.evaluate import attack_batches, evaluate, predict
+from cropkit.evaluate import attack_batches, evaluate, fitting_batch, largest_batch, predict
 from cropkit.heads import extract_features
 
 EPS = 0.002  # the random-feature pipeline is far from robust: PGD at this radius leaves about a third of the digits
@@ -80,3 +80,38 @@ def test_features_for_a_head_are_extracted_in_the_precision_evaluate_scores_them
     assert reduced.dtype == torch.float32
     torch.testing.assert_close(reduced, expected)
     assert not torch.allclose(reduced, fp32, rtol=0, atol=1e-4)  # the bf16 forward really ran
+
+
+def out_of_memory_above(capacity: int, tried: list[int]):
+    """A stand-in attack step that runs out of memory for batches larger than `capacity`, noting each size."""
+    def step(n: int) -> None:
+        tried.append(n)
+        if n > capacity:
+            raise torch.OutOfMemoryError(f"batch {n} does not fit")
+    return step
+
+
+@pytest.mark.parametrize(("capacity", "start", "limit", "found", "tried"), [
+    (300, 64, 2048, 256, [64, 128, 256, 512]),  # grows until it fails, keeps the last that fitted
+    (5000, 64, 1024, 1024, [64, 128, 256, 512, 1024]),  # stops at the limit
+    (40, 256, 2048, 32, [256, 128, 64, 32]),  # the start does not fit: halves until one does
+])
+def test_fitting_batch_finds_the_largest_power_of_two_that_fits(capacity, start, limit, found, tried):
+    sizes: list[int] = []
+    assert fitting_batch(out_of_memory_above(capacity, sizes), start, limit) == found
+    assert sizes == tried
+
+
+def test_fitting_batch_fails_clearly():
+    with pytest.raises(torch.OutOfMemoryError):
+        fitting_batch(out_of_memory_above(0, []), 4, 16)  # not even one example fits
+    with pytest.raises(ValueError, match="start <= limit"):
+        fitting_batch(out_of_memory_above(10, []), 64, 32)
+
+
+def test_auto_batch_size_is_the_default_on_a_cpu_and_is_recorded(random_pipeline, digits):
+    assert largest_batch(random_pipeline, digits.tensors()[0][:1], start=256) == 256
+    record = evaluate(random_pipeline, digits, [pgd(EPS, steps=1)], model_name="tiny", device="cpu",
+                      batch_size="auto")[0]
+    assert record["batch_size"] == 256
+    assert distributed.min_across(7) == 7  # one process: its own value
