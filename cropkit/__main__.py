@@ -9,8 +9,8 @@ from pathlib import Path
 
 
 def _pretrain_fm(args: argparse.Namespace) -> int:
-    from cropkit.pretrain import PRESETS, pretrain_mae
     from cropkit.checkpoint import read_json
+    from cropkit.pretrain import PRESETS, pretrain_mae
 
     if args.dataset not in PRESETS:
         print(f"error: no pre-training preset for {args.dataset!r}; presets: {', '.join(sorted(PRESETS))}", file=sys.stderr)

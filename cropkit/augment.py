@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 CROP_ATTEMPTS = 10  # as torchvision's RandomResizedCrop, before it falls back to the whole image
 
 

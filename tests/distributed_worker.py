@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from conftest import random_architecture  # this script's folder, tests/, is on the path
 
 from cropkit import checkpoint, distributed
