@@ -78,35 +78,30 @@ def attack_batches(
 
 
 def fitting_batch(step: Callable[[int], object], start: int, limit: int) -> int:
-    """The largest batch size n for which `step(n)` runs without CUDA running out of memory: doubling from
-    `start` (while n <= `limit`) after a success, halving after a first failure; a powers-of-two search."""
+    """The largest batch size n = `start` x 2^k (n <= `limit`, k may be negative) for which `step(n)` runs without
+    CUDA running out of memory: doubling while it fits, halving while even `start` does not."""
     if not 1 <= start <= limit:
         raise ValueError(f"need 1 <= start <= limit, got start={start}, limit={limit}")
-    n, growing = start, True
+    n, fitted = start, None
     while True:
         try:
             step(n)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
-            if not growing:
-                if n == 1:
-                    raise
-                n //= 2
-                continue
-            if n == start:  # nothing fitted yet: search downwards
-                growing, n = False, n // 2
-                if n == 0:
-                    raise
-                continue
-            return n // 2
-        if not growing or 2 * n > limit:
+            if fitted is not None:  # grown past the memory: the last size that fitted
+                return fitted
+            if n == 1:
+                raise
+            n //= 2
+            continue
+        if n < start or 2 * n > limit:  # found while halving, or at the limit
             return n
-        n *= 2
+        fitted, n = n, 2 * n
 
 
 def largest_batch(model: nn.Module, example: Tensor, *, start: int = 64, limit: int = 2048) -> int:
-    """The largest power-of-two multiple of `start` (at most `limit`) for which one attack step on `model` (the
-    forward and the input's gradient under `precision.autocast`, as the attacks run it) fits in the GPU's memory.
+    """The largest batch of `start` x 2^k images (at most `limit`) for which one attack step on `model` (the forward
+    and the input's gradient under `precision.autocast`, as the attacks run it) fits in the GPU's memory.
 
     A CPU returns `start`: memory rarely limits it there, and larger batches do not run faster. Under torchrun
     every rank gets the smallest rank's size, since the ranks split the attack by batches.
