@@ -32,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from cropkit import precision
 from cropkit.attacks import validate_eps
 from cropkit.augment import augment, dynacl_strength
 from cropkit.checkpoint import config_key, existing_directory, load_weights, read_json, save_weights, write_json
@@ -246,7 +247,7 @@ def pretrain_acl(method: Method = "acl", *, air: bool = False, rcs: RCSConfig | 
         saved = load_weights(model, found)
         return TrainedACL(model.eval(), config, saved["history"], found)
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = precision.resolve_device(device)
     model.to(device).train()
     images = train.tensors(device)[0]  # self-supervised: labels are never read
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))

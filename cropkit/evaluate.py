@@ -144,7 +144,7 @@ def evaluate(
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
     the one-process ones.
     """
-    device = torch.device(device) if device is not None else precision.default_device()
+    device = precision.resolve_device(device)
     pipeline = pipeline.to(device).eval()
     model = torch.compile(pipeline, backend=compile) if compile is not None else pipeline
     images, labels = data.tensors()

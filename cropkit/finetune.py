@@ -194,7 +194,7 @@ def finetune_robust(
         saved = load_weights(tuned, found)
         return FinetunedPipeline(tuned.requires_grad_(False).eval(), config, saved["history"], found)
 
-    device = torch.device(device) if device is not None else precision.default_device()
+    device = precision.resolve_device(device)
     tuned.to(device)
     guide = pipeline.to(device).eval() if config.method == "pmg-aft" else None
     parameters = unfreeze(tuned, config)

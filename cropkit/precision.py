@@ -16,6 +16,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """`device` as a `torch.device`, or `default_device()` when None."""
+    return torch.device(device) if device is not None else default_device()
+
+
 def autocast(device: torch.device) -> AbstractContextManager[None]:
     """bf16 autocast on CUDA (matrix products in bf16, reductions and losses in fp32); fp32 elsewhere."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

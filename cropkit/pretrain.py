@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
+from cropkit import precision
 from cropkit.checkpoint import atomic_directory, config_key, write_json
 from cropkit.data import load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
@@ -124,7 +125,7 @@ def pretrain_mae(
     images, _ = data.tensors()
     mean = images.mean(dim=(0, 2, 3)).tolist()
     std = images.std(dim=(0, 2, 3)).tolist()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = precision.resolve_device(device)
     model = build_mae(config, num_channels=images.shape[1]).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(images) / config.batch_size)

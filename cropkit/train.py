@@ -167,7 +167,7 @@ def train_preprocessor(
         saved = load_weights(model, found)
         return TrainedPreprocessor(model.requires_grad_(False).eval(), config, saved["history"], found)
 
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = precision.resolve_device(device)
     model.to(device)
     images, labels = (t.to(device) for t in train.tensors())
     monitor_x, monitor_y = load_dataset(config.dataset, "test").take(MONITOR_SIZE, seed=config.seed).tensors()
