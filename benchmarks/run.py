@@ -282,7 +282,7 @@ def vit_mae_stack(sizes: dict[str, int], device: str) -> Pipeline:
 
 
 def pgd_step_flops(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """FLOPs of one PGD step as the kit's attack runs it: forward and the input's gradient, under `precision.autocast`."""
+    """FLOPs of one PGD step as the kit's attack runs it: forward and input gradient, under `precision.autocast`."""
     x = x.clone().requires_grad_(True)
     with measure() as cost, precision.autocast(x.device):
         torch.autograd.grad(F.cross_entropy(model(x).float(), y), x)

@@ -38,8 +38,8 @@ def extract_features(
 ) -> Tensor:
     """Run a frozen `model` over `images` in batches and return its outputs on the CPU (fp32).
 
-    The model runs under `precision.autocast`, as in `evaluate` (bf16 on CUDA), so a head is fitted on the same features that
-    `evaluate` will score it on.
+    The model runs under `precision.autocast` (bf16 on CUDA), as in `evaluate`, so a head is fitted on the same
+    features that `evaluate` will score it on.
     """
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     model.eval()

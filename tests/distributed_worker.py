@@ -2,8 +2,8 @@
 
 Each rank makes exactly the calls one process would make: train CONFIG from scratch (cache OUT/fresh), train it
 again where a one-process run was interrupted after its first epoch (cache OUT/resumed), and evaluate the
-pipeline saved in OUT/pipeline (safetensors, into `random_architecture`). Rank 0 writes what the test compares to OUT/two-process.pt; every rank writes
-how many checkpoints it saved to OUT/saves-<rank>.json.
+pipeline saved in OUT/pipeline (safetensors, into `random_architecture`). Rank 0 writes what the test compares
+to OUT/two-process.pt; every rank writes how many checkpoints it saved to OUT/saves-<rank>.json.
 """
 
 from __future__ import annotations
