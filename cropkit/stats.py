@@ -1,0 +1,130 @@
+"""Uncertainty of accuracies and paired comparisons between models evaluated on the same examples.
+
+- `wilson_interval`: the 95% Wilson score interval of an accuracy (scipy's `binomtest(...).proportion_ci`).
+- `compare`: two models' per-example outcomes on the same examples: the difference of their accuracies with
+  Newcombe's hybrid score interval for paired proportions (method 10, Newcombe 1998) and the exact McNemar test
+  (a two-sided binomial test on the discordant examples). "A beats B" is said only when that test rejects.
+- `mcnemar_sample_size`: how many examples a paired comparison needs to detect a given difference (Connor 1987).
+- `seed_spread`: mean and spread of a number across training seeds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+LEVEL = 0.95
+ALPHA = 0.05
+
+
+def wilson_interval(correct: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """The Wilson score interval of the proportion `correct / n` at confidence `level`."""
+    if n < 1 or not 0 <= correct <= n:
+        raise ValueError(f"need 0 <= correct <= n and n >= 1, got correct={correct}, n={n}")
+    interval = stats.binomtest(int(correct), int(n)).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def format_accuracy(accuracy: float, interval: Sequence[float]) -> str:
+    """'53.7 [48.0, 59.3]': an accuracy in percent with its interval."""
+    low, high = interval
+    return f"{100 * accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Model A against model B on the same `n` examples: accuracies, their difference and the paired test."""
+
+    a: str
+    b: str
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    only_a: int  # examples A gets right and B wrong
+    only_b: int  # examples B gets right and A wrong
+    interval: tuple[float, float]  # of accuracy_a - accuracy_b
+    p_value: float  # exact McNemar
+    level: float = LEVEL
+
+    @property
+    def difference(self) -> float:
+        return self.accuracy_a - self.accuracy_b
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the exact McNemar test rejects equal accuracy at 1 - `level`."""
+        return self.p_value < 1 - self.level
+
+    def statement(self, what: str = "accuracy") -> str:
+        """One sentence a summary can quote: who is better, by how much, and how sure; or that it is unresolved."""
+        flip = self.resolved and self.difference < 0  # state the winner first, its lead positive
+        sign = -1 if flip else 1
+        low, high = sorted(sign * v for v in self.interval)
+        detail = (f"{100 * sign * self.difference:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], exact McNemar "
+                  f"p = {self.p_value:.2g}, n = {self.n}")
+        if not self.resolved:
+            return f"{self.a} vs {self.b} ({what}): not resolved at n = {self.n} ({detail})"
+        better, worse = (self.b, self.a) if flip else (self.a, self.b)
+        return f"{better} beats {worse} on {what} ({detail})"
+
+
+def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int,
+                               level: float = LEVEL) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (method 10) for p_A - p_B from the 2x2 table of paired outcomes."""
+    n = both + only_a + only_b + neither
+    p_a, p_b = (both + only_a) / n, (both + only_b) / n
+    low_a, high_a = wilson_interval(both + only_a, n, level)
+    low_b, high_b = wilson_interval(both + only_b, n, level)
+    marginals = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / math.sqrt(marginals) if marginals > 0 else 0.0
+    difference = p_a - p_b
+    lower = difference - math.sqrt(max(0.0, (p_a - low_a) ** 2 - 2 * phi * (p_a - low_a) * (high_b - p_b)
+                                       + (high_b - p_b) ** 2))
+    upper = difference + math.sqrt(max(0.0, (high_a - p_a) ** 2 - 2 * phi * (high_a - p_a) * (p_b - low_b)
+                                       + (p_b - low_b) ** 2))
+    return max(-1.0, lower), min(1.0, upper)
+
+
+def mcnemar_p_value(only_a: int, only_b: int) -> float:
+    """The exact (binomial) McNemar test of equal accuracy, two-sided; 1 when no example is discordant."""
+    discordant = only_a + only_b
+    return 1.0 if discordant == 0 else float(stats.binomtest(only_a, discordant, 0.5).pvalue)
+
+
+def compare(a: str, correct_a: np.ndarray, b: str, correct_b: np.ndarray, level: float = LEVEL) -> Comparison:
+    """Paired comparison of two models from their per-example outcomes (booleans, the same examples in order)."""
+    correct_a, correct_b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if correct_a.shape != correct_b.shape or correct_a.ndim != 1 or len(correct_a) == 0:
+        raise ValueError(f"a paired comparison needs outcomes on the same examples, got {correct_a.shape} and "
+                         f"{correct_b.shape}")
+    both, neither = int((correct_a & correct_b).sum()), int((~correct_a & ~correct_b).sum())
+    only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
+    n = len(correct_a)
+    return Comparison(a, b, n, (both + only_a) / n, (both + only_b) / n, only_a, only_b,
+                      paired_difference_interval(both, only_a, only_b, neither, level),
+                      mcnemar_p_value(only_a, only_b), level)
+
+
+def mcnemar_sample_size(difference: float, discordant: float, alpha: float = ALPHA, power: float = 0.8) -> int:
+    """Examples a paired comparison needs to detect an accuracy `difference` with the McNemar test (Connor 1987).
+
+    `discordant` is the expected fraction of examples on which the two models disagree (at least |difference|);
+    a pilot run's comparison gives it as `(only_a + only_b) / n`.
+    """
+    d, psi = abs(difference), discordant
+    if not 0 < d <= psi <= 1:
+        raise ValueError(f"need 0 < |difference| <= discordant <= 1, got difference={difference}, "
+                         f"discordant={discordant}")
+    z_alpha, z_beta = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+    return math.ceil((z_alpha * math.sqrt(psi) + z_beta * math.sqrt(psi - d * d)) ** 2 / (d * d))
+
+
+def seed_spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, minimum and maximum of a number measured with several training seeds."""
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+            "min": float(values.min()), "max": float(values.max()), "seeds": len(values)}

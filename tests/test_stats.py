@@ -1,0 +1,82 @@
+"""Intervals, paired comparisons and sample sizes: checked against published values and simulations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cropkit.stats import (compare, format_accuracy, mcnemar_p_value, mcnemar_sample_size,
+                           paired_difference_interval, seed_spread, wilson_interval)
+
+
+def test_wilson_interval_matches_the_closed_form():
+    low, high = wilson_interval(81, 263)  # Newcombe (1998) example: 0.2553 to 0.3662... recomputed in closed form
+    p, n, z = 81 / 263, 263, 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-9)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="n >= 1"):
+        wilson_interval(0, 0)
+
+
+def test_paired_interval_reduces_to_newcombes_unpaired_interval_without_correlation():
+    # a*d == b*c makes phi 0: the square-and-add of the two Wilson intervals' arms (Newcombe's method 10 for
+    # independent proportions).
+    both, only_a, only_b, neither = 20, 10, 20, 10
+    n = 60
+    p_a, p_b = 30 / n, 40 / n
+    (la, ua), (lb, ub) = wilson_interval(30, n), wilson_interval(40, n)
+    expected = (p_a - p_b - np.hypot(p_a - la, ub - p_b), p_a - p_b + np.hypot(ua - p_a, p_b - lb))
+    assert paired_difference_interval(both, only_a, only_b, neither) == pytest.approx(expected, abs=1e-12)
+    # Same marginals (35 / 60 against 45 / 60): positively correlated outcomes give the narrower interval.
+    low, high = paired_difference_interval(35, 0, 10, 15)
+    low_anti, high_anti = paired_difference_interval(20, 15, 25, 0)
+    assert high - low < high_anti - low_anti
+
+
+def test_mcnemar_exact_p_value_is_the_binomial_test_on_discordant_pairs():
+    assert mcnemar_p_value(0, 0) == 1.0
+    assert mcnemar_p_value(10, 0) == pytest.approx(2 * 0.5**10)
+    assert mcnemar_p_value(5, 4) == pytest.approx(1.0)
+
+
+def test_compare_says_beats_only_when_the_paired_test_rejects():
+    rng = np.random.default_rng(0)
+    shared = rng.random(400) < 0.5
+    a = shared | (rng.random(400) < 0.3)  # A is right on everything B is right on, and more
+    clear = compare("A", a, "B", shared)
+    assert clear.resolved and clear.difference > 0 and clear.statement().startswith("A beats B")
+    assert clear.interval[0] > 0 and clear.only_b == 0
+    flipped = compare("B", shared, "A", a).statement()  # the winner is named first, with a positive lead
+    assert flipped.startswith("A beats B") and f"+{100 * clear.difference:.1f} points" in flipped
+    close = compare("A", shared, "B", shared ^ (rng.random(400) < 0.02))
+    assert not close.resolved and "not resolved at n = 400" in close.statement()
+    assert close.interval[0] < close.difference < close.interval[1]
+    with pytest.raises(ValueError, match="same examples"):
+        compare("A", a, "B", shared[:10])
+
+
+def test_paired_interval_covers_the_true_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(400):
+        a = rng.random(200) < 0.6
+        b = np.where(rng.random(200) < 0.7, a, rng.random(200) < 0.5)  # correlated, true p_b = 0.7*0.6+0.3*0.5
+        low, high = compare("A", a, "B", b).interval
+        covered += low <= 0.6 - (0.7 * 0.6 + 0.3 * 0.5) <= high
+    assert 0.91 <= covered / 400 <= 0.99
+
+
+def test_sample_size_grows_as_the_difference_shrinks_and_matches_connor():
+    # Connor (1987): difference 0.1 with 30% discordant pairs, alpha 0.05, power 0.8 -> about 234 pairs.
+    assert mcnemar_sample_size(0.1, 0.3) == pytest.approx(234, abs=2)
+    assert mcnemar_sample_size(0.05, 0.3) > 3 * mcnemar_sample_size(0.1, 0.3)
+    with pytest.raises(ValueError, match="discordant"):
+        mcnemar_sample_size(0.3, 0.1)
+
+
+def test_formatting_and_seed_spread():
+    assert format_accuracy(0.537, (0.48, 0.593)) == "53.7 [48.0, 59.3]"
+    spread = seed_spread([0.5, 0.6, 0.7])
+    assert spread["mean"] == pytest.approx(0.6) and spread["std"] == pytest.approx(0.1) and spread["seeds"] == 3
