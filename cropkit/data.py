@@ -8,6 +8,7 @@ The torchvision datasets keep their real download paths for users with a network
 
 from __future__ import annotations
 
+import hashlib
 import urllib.error
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -75,6 +76,14 @@ class ImageData(Dataset):
             return self
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return replace(self, images=self.images[index], labels=self.labels[index])
+
+    def digest(self) -> str:
+        """Short hash of the images, labels and class names, in order: which examples a number was measured on, and
+        which data a cached model was trained on (a rewritten file at the same path gets a new digest)."""
+        content = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        content.update(self.labels.to(torch.int64).contiguous().numpy().tobytes())
+        content.update("\0".join(self.classes).encode())
+        return content.hexdigest()[:16]
 
     def describe(self) -> str:
         c, h, w = self.image_shape
@@ -167,9 +176,9 @@ def _pil_transform(image_size: int):
 
 
 def _stack_pil_dataset(dataset: object) -> tuple[Tensor, Tensor]:
-    from tqdm import tqdm
+    from cropkit.progress import bar as progress_bar
 
-    items = [dataset[i] for i in tqdm(range(len(dataset)), desc="decoding images", leave=False)]  # type: ignore[arg-type]
+    items = [dataset[i] for i in progress_bar(range(len(dataset)), desc="decoding images", leave=False)]  # type: ignore[arg-type]
     images = torch.stack([img.expand(3, -1, -1) for img, _ in items])  # grayscale files become RGB
     return images, torch.tensor([label for _, label in items], dtype=torch.long)
 

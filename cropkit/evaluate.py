@@ -3,7 +3,8 @@
 Robust accuracy counts an example as robust when it is classified correctly both clean and under attack, so
 only clean-correct examples are attacked (as AutoAttack does). Every adversarial batch is checked to lie in
 the eps-ball and in [0, 1] before it is scored. Every record carries the verdict of the gradient-masking audit:
-the full one (`cropkit.audit.run`) when its report is passed in, else the structural checks run here.
+the full one (`cropkit.audit.run`) when its report is passed in, else the structural checks run here; its 95%
+intervals; and its per-example outcomes, from which paired comparisons and the worst case over attacks follow.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from cropkit import distributed, precision
 from cropkit.attacks import IMPLEMENTATION, AttackSpec
 from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
-from cropkit.results import append_records, provenance
+from cropkit.precision import PRECISIONS, Precision, describe, fp32, resolve_device
+from cropkit.results import accuracy_fields, append_records, encode_outcomes, provenance, worst_case
+from cropkit.progress import bar as progress_bar
 
 
 class _Fp32Logits(nn.Module):
@@ -67,7 +69,8 @@ def attack_batches(
     attack = spec.build(_Fp32Logits(model), n_classes=n_classes, seed=seed)
     image_batches, label_batches = images.split(batch_size), labels.split(batch_size)
     adversarial = []
-    for b in tqdm(range(len(image_batches)) if batches is None else batches, desc=desc or spec.label, leave=False):
+    for b in progress_bar(range(len(image_batches)) if batches is None else batches, desc=desc or spec.label,
+                          leave=False):
         x, y = image_batches[b].to(device, non_blocking=True), label_batches[b].to(device, non_blocking=True)
         torch.manual_seed(seed * 100_003 + b)  # torchattacks draws random starts from the global generators
         x_adv = attack(x, y)
@@ -132,44 +135,63 @@ def evaluate(
     setup: dict[str, Any] | None = None,
     audit: AuditReport | None = None,
     compile: str | None = None,
+    precision: Precision = "auto",
 ) -> list[dict[str, Any]]:
     """Clean and robust accuracy of `pipeline` on `data` under each attack; append the records to `results`.
+
+    Each record holds the accuracies with their 95% Wilson intervals and the per-example outcomes (clean, and
+    clean-and-robust) with the digest of the example set, for paired comparisons (`results.compare_records`).
+    With two or more attacks a last record, attack "worst case", counts an example as robust only if every
+    attack left it correct.
 
     `setup` describes the model (pre-processor, foundation model, head) and is stored with every record;
     `audit` is the model's full audit report, if one was run (otherwise the structural checks are run here).
     `compile` names a `torch.compile` backend ("inductor", PyTorch's default, for speed) through which the clean
-    passes and the attacks run; None runs them eagerly. `batch_size="auto"` takes the `largest_batch` that fits
-    the GPU (256 on a CPU); the attacks' random starts are seeded per batch, so the batch size is recorded.
+    passes and the attacks run; None runs them eagerly. `precision="fp32"` runs everything in fp32 on CUDA too
+    (default "auto": bf16 autocast on CUDA, fp32 on a CPU). `batch_size="auto"` takes the `largest_batch` that
+    fits the GPU (256 on a CPU); the attacks' random starts are seeded per batch, so the batch size is recorded.
     Under torchrun every rank calls it alike: the clean pass is split by examples and the attacks by batches
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
     the one-process ones.
     """
-    device = precision.resolve_device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision = {precision!r}: choose one of {PRECISIONS}")
+    with fp32(precision == "fp32"):
+        return _evaluate(pipeline, data, attacks, model_name=model_name, seed=seed, batch_size=batch_size,
+                         device=device, results=results, setup=setup, audit=audit, compile=compile)
+
+
+def _evaluate(
+    pipeline: nn.Module, data: ImageData, attacks: Sequence[AttackSpec], *, model_name: str, seed: int,
+    batch_size: int | Literal["auto"], device: torch.device | str | None, results: str | os.PathLike[str] | None,
+    setup: dict[str, Any] | None, audit: AuditReport | None, compile: str | None,
+) -> list[dict[str, Any]]:
+    device = resolve_device(device)
     pipeline = pipeline.to(device).eval()
     model = torch.compile(pipeline, backend=compile) if compile is not None else pipeline
     images, labels = data.tensors()
+    n = len(labels)
     if batch_size == "auto":
         batch_size = largest_batch(pipeline, images[:1], start=256)
     if audit is None:
         audit = AuditReport(model_name, attacks[0].eps if attacks else 0.0,
                             structural_checks(pipeline, images[:SAMPLE], labels[:SAMPLE], data.num_classes), full=False)
     started = time.perf_counter()
-    part = distributed.shard(len(labels))
-    correct = distributed.gather_rows(predict(model, _pinned(images[part], device), batch_size) == labels[part],
-                                      len(labels))
+    part = distributed.shard(n)
+    correct = distributed.gather_rows(predict(model, _pinned(images[part], device), batch_size) == labels[part], n)
     clean_seconds = time.perf_counter() - started
-    clean_accuracy = correct.float().mean().item()
     base = {
         "model": model_name,
         "setup": setup or {},
         "dataset": data.name,
         "split": data.split,
-        "n_examples": len(labels),
+        "n_examples": n,
+        "examples": data.digest(),
         "threat_model": "Linf",
         "seed": seed,
-        "clean_accuracy": clean_accuracy,
+        **accuracy_fields(correct, "clean"),
         "audit": audit.verdict(),
-        "precision": precision.describe(device),
+        "precision": describe(device),
         "compile": compile,
         "batch_size": batch_size,
         "processes": distributed.world_size(),
@@ -185,15 +207,22 @@ def evaluate(
         x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
                                batch_size=batch_size, batches=batches,
                                desc=f"{model_name}: {spec.label} eps={spec.eps:.4g}")
-        robust = (predict(model, x_adv, batch_size) == attacked_labels[rows]).sum() if len(x_adv) else torch.tensor(0)
+        held = torch.zeros(len(attacked_labels), dtype=torch.int64)
+        if len(x_adv):
+            held[rows] = (predict(model, x_adv, batch_size) == attacked_labels[rows]).long()
+        robust = torch.zeros(n, dtype=torch.bool)
+        robust[correct] = distributed.sum_across(held).bool()
         records.append(base | {
             "attack": spec.label,
             "eps": spec.eps,
             "attack_settings": spec.settings(),
             "implementation": IMPLEMENTATION,
-            "robust_accuracy": int(distributed.sum_across(robust)) / len(labels),
+            **accuracy_fields(robust, "robust"),
+            "outcomes": {"clean": encode_outcomes(correct), "robust": encode_outcomes(robust)},
             "runtime_s": clean_seconds + time.perf_counter() - started,
         })
+    if len({spec.eps for spec in attacks}) == 1 and len(attacks) > 1:
+        records.append(worst_case(records))
     if results is not None and distributed.is_main():
         append_records(results, records)
     return records

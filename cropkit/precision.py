@@ -2,13 +2,21 @@
 
 Evaluation, attacks, feature extraction and training all enter `autocast(device)` through this module (called
 as `precision.autocast`), so one switch here, or one monkeypatch in a test, changes every one of them together.
+`fp32()` is that switch: inside it every forward pass runs in fp32, on CUDA too (`evaluate(precision="fp32")`).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
+from typing import Literal
 
 import torch
+
+Precision = Literal["auto", "fp32"]
+PRECISIONS = ("auto", "fp32")
+_forced_fp32: ContextVar[bool] = ContextVar("cropkit_forced_fp32", default=False)
 
 
 def default_device() -> torch.device:
@@ -22,10 +30,23 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 def autocast(device: torch.device) -> AbstractContextManager[None]:
-    """bf16 autocast on CUDA (matrix products in bf16, reductions and losses in fp32); fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    """bf16 autocast on CUDA (matrix products in bf16, reductions and losses in fp32); fp32 elsewhere and inside
+    `fp32()`."""
+    if device.type == "cuda" and not _forced_fp32.get():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@contextmanager
+def fp32(enabled: bool = True) -> Iterator[None]:
+    """Run every forward pass inside the block in fp32, on CUDA too (for headline numbers; see the README)."""
+    token = _forced_fp32.set(enabled or _forced_fp32.get())
+    try:
+        yield
+    finally:
+        _forced_fp32.reset(token)
 
 
 def describe(device: torch.device) -> str:
     """How `autocast` runs models on `device`, as the records state it."""
-    return "bf16 autocast" if device.type == "cuda" else "fp32"
+    return "bf16 autocast" if device.type == "cuda" and not _forced_fp32.get() else "fp32"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -88,3 +90,51 @@ def test_evaluate_records_carry_provenance_and_append(tiny_pipeline, mnist, tmp_
     lines = results.read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(line) for line in lines)
     assert [r["model"] for r in load_records(results)] == ["identity"] * 3 + ["again"]
+
+
+def test_records_keep_intervals_outcomes_and_the_worst_case_over_attacks(tiny_pipeline, mnist):
+    from cropkit.results import compare_records, outcomes, worst_case
+    from cropkit.stats import wilson_interval
+
+    test = mnist[1].take(96)
+    specs = [pgd(0.05, steps=3), AttackSpec("fgsm", 0.05), pgd(0.05, steps=1, random_start=False)]
+    records = evaluate(tiny_pipeline, test, specs, model_name="identity")
+    *per_attack, worst = records
+    assert [r["attack"] for r in records] == ["PGD-3", "FGSM", "PGD-1", "worst case"]
+    clean = outcomes(per_attack[0], "clean")
+    assert clean.mean() == pytest.approx(per_attack[0]["clean_accuracy"])
+    assert per_attack[0]["clean_interval"] == pytest.approx(wilson_interval(int(clean.sum()), 96))
+    for record in per_attack:
+        robust = outcomes(record)
+        assert robust.mean() == pytest.approx(record["robust_accuracy"]) and not (robust & ~clean).any()
+        assert record["examples"] == test.digest()
+    both = outcomes(per_attack[0]) & outcomes(per_attack[1]) & outcomes(per_attack[2])
+    assert np.array_equal(outcomes(worst), both) and worst["attack_settings"]["over"] == ["PGD-3", "FGSM", "PGD-1"]
+    assert worst["robust_accuracy"] <= min(r["robust_accuracy"] for r in per_attack)
+    assert worst == worst_case(per_attack) | {"runtime_s": worst["runtime_s"]}
+    # Paired: the stronger attack against the weaker one on the same examples, and refused on other examples.
+    comparison = compare_records(per_attack[1], worst, a_name="FGSM", b_name="worst case")
+    assert comparison.only_b == 0 and comparison.n == 96
+    other = evaluate(tiny_pipeline, mnist[1].take(64, seed=1), specs[:1], model_name="identity")
+    with pytest.raises(ValueError, match="different examples"):
+        compare_records(per_attack[0], other[0])
+
+
+def test_precision_switch_forces_fp32_and_is_recorded(tiny_pipeline, mnist, monkeypatch):
+    from cropkit import precision
+
+    seen = []
+    real = precision.autocast
+
+    def spy(device):
+        seen.append(precision.describe(torch.device("cuda")))  # what CUDA would run in at this moment
+        return real(device)
+
+    monkeypatch.setattr(precision, "autocast", spy)
+    evaluate(tiny_pipeline, mnist[1].take(16), [pgd(0.05, steps=1)], model_name="m", precision="fp32")
+    assert seen and set(seen) == {"fp32"}
+    seen.clear()
+    evaluate(tiny_pipeline, mnist[1].take(16), [pgd(0.05, steps=1)], model_name="m")
+    assert set(seen) == {"bf16 autocast"}
+    with pytest.raises(ValueError, match="precision = 'bf8'"):
+        evaluate(tiny_pipeline, mnist[1].take(16), [], model_name="m", precision="bf8")

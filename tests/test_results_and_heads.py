@@ -86,15 +86,18 @@ def test_extract_features_matches_the_model_and_batches():
     assert torch.allclose(extract_features(model, x, batch_size=3), model(x))
 
 
-def test_accuracy_table_pivots_attacks_and_labels_smaller_samples():
+def test_accuracy_table_pivots_attacks_shows_intervals_and_labels_smaller_samples():
     from cropkit.results import accuracy_table
 
-    base = {"model": "A", "n_examples": 300, "clean_accuracy": 0.9}
-    records = [base | {"attack": "PGD-10", "robust_accuracy": 0.5}, base | {"attack": "PGD-20", "robust_accuracy": 0.4},
-               base | {"attack": "AutoAttack", "robust_accuracy": 0.3, "n_examples": 100, "clean_accuracy": 0.95},
-               {"model": "B", "n_examples": 300, "clean_accuracy": 0.8, "attack": "PGD-10", "robust_accuracy": 0.1},
+    base = {"model": "A", "n_examples": 300, "clean_accuracy": 0.9, "clean_interval": [0.86, 0.93]}
+    records = [base | {"attack": "PGD-10", "robust_accuracy": 0.5, "robust_interval": [0.44, 0.56]},
+               base | {"attack": "PGD-20", "robust_accuracy": 0.4, "robust_interval": [0.35, 0.46]},
+               base | {"attack": "AutoAttack", "robust_accuracy": 0.3, "robust_interval": [0.22, 0.4],
+                       "n_examples": 100, "clean_accuracy": 0.95, "clean_interval": [0.89, 0.98]},
+               {"model": "B", "n_examples": 300, "clean_accuracy": 0.8, "clean_interval": [0.75, 0.84],
+                "attack": "PGD-10", "robust_accuracy": 0.1, "robust_interval": [0.07, 0.14]},
                {"kind": "linear-probe", "model": "ignored"}]
     table = accuracy_table(records)
     assert list(table.columns) == ["clean", "PGD-10", "PGD-20", "AutoAttack (n=100)"]
-    assert table.loc["A", "clean"] == 0.9 and table.loc["A", "AutoAttack (n=100)"] == 0.3
-    assert table.loc["B", "PGD-10"] == 0.1 and table.loc["B"].isna().sum() == 2
+    assert table.loc["A", "clean"] == "90.0 [86.0, 93.0]" and table.loc["A", "AutoAttack (n=100)"] == "30.0 [22.0, 40.0]"
+    assert table.loc["B", "PGD-10"] == "10.0 [7.0, 14.0]" and table.loc["B"].isna().sum() == 2
