@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from cropkit import precision
 from cropkit.attacks import validate_eps
 from cropkit.augment import augment, dynacl_strength
-from cropkit.checkpoint import config_key, existing_directory, load_weights, read_json, save_weights, write_json
+from cropkit.checkpoint import cache_key, existing_directory, load_weights, read_json, save_weights, write_json
 from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, sir
 from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
@@ -124,10 +124,6 @@ class ACLConfig:
         """Every field as plain JSON-able values (the RCS settings as a dict or None)."""
         return asdict(self)
 
-    def key(self) -> str:
-        """Hash of every field and of the training recipe's version: either change means a new cache entry."""
-        return config_key(self.fields() | {"recipe": RECIPE_VERSION})
-
 
 @dataclass
 class TrainedACL:
@@ -154,8 +150,10 @@ class TrainedACL:
         return int(sum(h["examples"] for h in self.history))
 
 
-def acl_dir(config: ACLConfig) -> Path:
-    return cache_dir() / "acl" / f"{config.method}-{config.dataset}-{config.key()}"
+def acl_dir(config: ACLConfig, train: ImageData) -> Path:
+    """Where the model of `config` is cached: keyed by the config, the recipe and the training images' digest."""
+    key = cache_key(config.fields(), recipe=RECIPE_VERSION, data=train.digest())
+    return cache_dir() / "acl" / f"{config.method}-{config.dataset}-{key}"
 
 
 def build_model(config: ACLConfig, train: ImageData) -> ACLModel:
@@ -239,8 +237,8 @@ def pretrain_acl(method: Method = "acl", *, air: bool = False, rcs: RCSConfig | 
                  **settings: Any) -> TrainedACL:
     """Pre-train (or load from the cache) the model of `ACLConfig(method, air, rcs, **settings)`."""
     config = ACLConfig(method=method, air=air, rcs=rcs, **settings)
-    out = acl_dir(config)
     train = load_dataset(config.dataset, "train").take(config.n_train, seed=config.seed)
+    out = acl_dir(config, train)
     model = build_model(config, train)
     found = existing_directory(out)
     if found is not None and not force:

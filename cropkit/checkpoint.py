@@ -143,3 +143,10 @@ def load_training_state(
 def config_key(fields: dict[str, Any]) -> str:
     """Short hash of a training config: a changed field never reuses a stale cache entry."""
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_key(fields: dict[str, Any], *, recipe: int, data: str) -> str:
+    """The cache key of a trained artifact: its config, the version of the code's recipe that trains it (bumped
+    when a change alters what the same config produces) and the digest of its training data's content (a
+    rewritten dataset file at the same path gets a new key), so no cache entry outlives what made it."""
+    return config_key(fields | {"recipe": recipe, "data": data})

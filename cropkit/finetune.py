@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from cropkit import precision
 from cropkit.attacks import validate_eps
-from cropkit.checkpoint import config_key, existing_directory, load_weights, save_weights
+from cropkit.checkpoint import cache_key, existing_directory, load_weights, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
@@ -172,8 +172,8 @@ def unfreeze(pipeline: Pipeline, config: FinetuneConfig) -> list[nn.Parameter]:
 
 
 def finetune_dir(config: FinetuneConfig, start: str, data: ImageData) -> Path:
-    key = config_key(asdict(config) | {"start": start, "data": [data.name, data.split, len(data)],
-                                       "recipe": RECIPE_VERSION})
+    """Where a run is cached: keyed by the config, the starting weights' digest, the recipe and the data's digest."""
+    key = cache_key(asdict(config) | {"start": start}, recipe=RECIPE_VERSION, data=data.digest())
     return cache_dir() / "finetuned" / f"{config.method}-{data.name}-{key}"
 
 

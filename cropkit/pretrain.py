@@ -19,11 +19,15 @@ from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 from cropkit import precision
-from cropkit.checkpoint import atomic_directory, config_key, write_json
-from cropkit.data import load_dataset
+from cropkit.checkpoint import atomic_directory, cache_key, write_json
+from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
-from cropkit.models.foundation import FoundationModel, Pooling
+from cropkit.models.foundation import FoundationModel, Pooling, quiet_transformers
 from cropkit.paths import cache_dir
+
+
+# Bump when a code change alters what pre-training produces for the same config (it keys the cache).
+RECIPE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,6 @@ class MAEConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 4
     seed: int = 0
-
-    def key(self) -> str:
-        """Short hash of every field: a changed config never reuses a stale cache entry."""
-        return config_key(asdict(self))
 
     def vit_config(self, num_channels: int) -> ViTMAEConfig:
         return ViTMAEConfig(
@@ -105,9 +105,16 @@ def _random_shift(x: Tensor, max_shift: int, generator: torch.Generator, fill: T
     return padded.gather(2, rows).gather(3, cols)
 
 
-def foundation_dir(config: MAEConfig) -> Path:
-    """Where the model for `config` is (or will be) cached."""
-    return cache_dir() / "foundation" / f"mae-{config.dataset}-{config.key()}"
+def training_data(config: MAEConfig) -> ImageData:
+    """The images `config` pre-trains on: the training split at the model's resolution."""
+    return load_dataset(config.dataset, "train", image_size=config.image_size)
+
+
+def foundation_dir(config: MAEConfig, data: ImageData | None = None) -> Path:
+    """Where the model for `config` is (or will be) cached: keyed by the config, the recipe and the data's digest."""
+    data = training_data(config) if data is None else data
+    key = cache_key(asdict(config), recipe=RECIPE_VERSION, data=data.digest())
+    return cache_dir() / "foundation" / f"mae-{config.dataset}-{key}"
 
 
 def pretrain_mae(
@@ -118,10 +125,10 @@ def pretrain_mae(
     Runs on `device` (default: CUDA when present). Random draws come from CPU generators seeded per epoch, so
     a resumed run continues exactly where the interrupted one stopped.
     """
-    out = foundation_dir(config)
+    data = training_data(config)
+    out = foundation_dir(config, data)
     if (out / "config.json").is_file() and not force:
         return out
-    data = load_dataset(config.dataset, "train", image_size=config.image_size)
     images, _ = data.tensors()
     mean = images.mean(dim=(0, 2, 3)).tolist()
     std = images.std(dim=(0, 2, 3)).tolist()
@@ -150,7 +157,7 @@ def pretrain_mae(
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
                                  config=asdict(config), epochs=config.epochs, run_epoch=run_epoch,
                                  desc=f"MAE pre-training on {config.dataset}", progress=progress, restart=force)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out) as tmp, quiet_transformers():
         model.save_pretrained(tmp)
         ViTImageProcessor(do_resize=True, size={"height": config.image_size, "width": config.image_size},
                           do_rescale=True, do_normalize=True, image_mean=mean, image_std=std).save_pretrained(tmp)
@@ -179,7 +186,8 @@ def load_foundation(spec: str = "embedded", pooling: Pooling = "mean", *, progre
         dataset = spec.partition(":")[2] or "mnist5k"
         if dataset not in PRESETS:
             raise ValueError(f"No embedded foundation model for {dataset!r}; presets exist for {sorted(PRESETS)}")
-        model = FoundationModel.from_pretrained(pretrain_mae(PRESETS[dataset], progress=progress), pooling=pooling)
-        model.name = f"embedded ViT-MAE ({dataset}, {foundation_dir(PRESETS[dataset]).name})"
+        path = pretrain_mae(PRESETS[dataset], progress=progress)
+        model = FoundationModel.from_pretrained(path, pooling=pooling)
+        model.name = f"embedded ViT-MAE ({dataset}, {path.name})"
         return model
     return FoundationModel.from_pretrained(spec, pooling=pooling)

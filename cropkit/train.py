@@ -25,19 +25,19 @@ from torch import Tensor, nn
 
 from cropkit import distributed, precision
 from cropkit.attacks import validate_eps
-from cropkit.checkpoint import config_key, existing_directory, load_weights, save_weights
+from cropkit.checkpoint import cache_key, existing_directory, load_weights, save_weights
 from cropkit.cost import measure
-from cropkit.data import load_dataset
+from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
-from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
+from cropkit.losses import contrastive_loss, contrastive_terms, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import Architecture, build_autoencoder
 from cropkit.paths import cache_dir
 
 PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
 # Bump when a code change alters what training produces for the same config (it keys the cache); 2: costs in
-# the history.
-RECIPE_VERSION = 2
+# the history; 3: L_con monitored at the kit's one measuring batch size, with its increase over the clean value.
+RECIPE_VERSION = 3
 MONITOR_SIZE = 512  # held-out test images on which reconstruction and L_con are tracked every epoch
 
 
@@ -72,10 +72,6 @@ class PreprocessorConfig:
         """CRoPD at `lam`, or the reconstruction-only auto-encoder when `lam` is 0 (the lambda-ablation axis)."""
         return cls(kind="cropd" if lam > 0 else "recon", lam=lam, **fields)
 
-    def key(self) -> str:
-        """Hash of every field and of the training recipe's version: either change means a new cache entry."""
-        return config_key(asdict(self) | {"recipe": RECIPE_VERSION})
-
     @property
     def name(self) -> str:
         """Readable label: 'CRoPD (lambda=1)', 'Recon AE', 'Adv-denoising AE'."""
@@ -90,8 +86,11 @@ class TrainedPreprocessor:
     path: Path
 
 
-def preprocessor_dir(config: PreprocessorConfig) -> Path:
-    return cache_dir() / "preprocessors" / f"{config.kind}-{config.dataset}-{config.key()}"
+def preprocessor_dir(config: PreprocessorConfig, train: ImageData | None = None) -> Path:
+    """Where the pre-processor of `config` is cached: keyed by the config, the recipe and the training data's digest."""
+    train = load_dataset(config.dataset, "train") if train is None else train
+    key = cache_key(asdict(config), recipe=RECIPE_VERSION, data=train.digest())
+    return cache_dir() / "preprocessors" / f"{config.kind}-{config.dataset}-{key}"
 
 
 def psnr(model: nn.Module, images: Tensor, batch_size: int = 512) -> float:
@@ -104,16 +103,13 @@ def psnr(model: nn.Module, images: Tensor, batch_size: int = 512) -> float:
 
 
 def monitored_contrastive_loss(model: nn.Module, images: Tensor, labels: Tensor | None, eps: float, tau: float,
-                               seed: int = 0) -> float:
-    """L_con between f_en of FGSM-RS views and of clean images, on a fixed batch (the quantity CRoPD minimises)."""
+                               seed: int = 0) -> dict[str, float]:
+    """L_con of f_en under FGSM-RS (the quantity CRoPD minimises) and its increase over the clean L_con, means over
+    `images` measured in fixed batches of `L_CON_BATCH` (`contrastive_terms`)."""
     device = next(model.parameters()).device
-    x = images.to(device)
-    labels = labels.to(device) if labels is not None else None
-    z = model.latent(x).detach()
-    generator = torch.Generator().manual_seed(seed)
-    x_adv = fgsm_rs(lambda v: contrastive_loss(model.latent(v), z, labels, tau), x, eps, generator=generator)
-    with torch.inference_mode():
-        return float(contrastive_loss(model.latent(x_adv), model.latent(x), labels, tau))
+    adversarial, clean = contrastive_terms(model.latent, images.to(device), None if labels is None else labels.to(device),
+                                           eps, tau=tau, seed=seed)
+    return {"l_con": float(adversarial.mean()), "l_con_increase": float((adversarial - clean).mean())}
 
 
 def preprocessor_loss(model: nn.Module, config: PreprocessorConfig, x: Tensor, y: Tensor,
@@ -157,8 +153,8 @@ def train_preprocessor(
     batch of `config.batch_size`, gradients and history are summed across ranks, rank 0 writes the checkpoints,
     and the result equals one-process training. The cache folder must be shared by the ranks (one file system).
     """
-    out = preprocessor_dir(config)
     train = load_dataset(config.dataset, "train")
+    out = preprocessor_dir(config, train)
     pixel_mean = float(train.images.float().mean() / 255)
     model = build_autoencoder(config.architecture, train.image_shape[0], train.image_shape[1], config.width,
                               config.latent_channels, config.seed, pixel_mean)
@@ -194,8 +190,9 @@ def train_preprocessor(
         model.eval()
         stats = means.means("train_", across_ranks=True) | cost.fields()
         stats["test_psnr"] = psnr(model, monitor_x)
-        stats["test_l_con"] = monitored_contrastive_loss(model, monitor_x, None if config.label_free else monitor_y,
-                                                         config.eps, config.tau, config.seed)
+        monitored = monitored_contrastive_loss(model, monitor_x, None if config.label_free else monitor_y, config.eps,
+                                               config.tau, config.seed)
+        stats |= {f"test_{name}": value for name, value in monitored.items()}
         return stats
 
     partial = out.with_name(out.name + ".partial")
