@@ -9,6 +9,11 @@
   projection). One step of 1.25 * eps is `fgsm_rs`, FGSM with a random start (FGSM-RS, Wong et al. 2020), which
   avoids the catastrophic overfitting of plain FGSM; CRoPD trains with it on L_con through the encoder only, and
   the theory check (`cropkit.theory`) uses more steps to measure L_con under a stronger attack.
+- `contrastive_terms`: the one way the kit *measures* L_con (training monitor, notebooks, the bound): per example,
+  under attack and clean, in fixed batches of `L_CON_BATCH`. InfoNCE's value depends on the batch size (its
+  floor, reached by a perfectly invariant encoder, is about log(1 + negatives * exp(-1/tau))), so values are only
+  comparable at one batch size; the clean term (each latent against itself) has that floor, and the adversarial
+  increase `adversarial - clean` does not.
 """
 
 from __future__ import annotations
@@ -75,3 +80,45 @@ def fgsm_rs(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float, st
             generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
     """FGSM-RS: one step of `step_factor * eps` from a uniform random start in the L-inf ball; in [0, 1]."""
     return linf_ascent(loss_of_input, x, eps, steps=1, step=step_factor * eps, generator=generator, noise=noise)
+
+
+# The batch size at which the kit measures L_con everywhere (training's default batch, so the monitored values
+# are on the scale of the training loss).
+L_CON_BATCH = 128
+
+
+def contrastive_terms(encoder: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor | None, eps: float, *,
+                      tau: float = 0.5, steps: int = 1, step: float | None = None, batch_size: int = L_CON_BATCH,
+                      seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-example L_con of `encoder` on `images`, (under attack, clean), measured in batches of exactly `batch_size`.
+
+    The attack maximises each batch's L_con by `linf_ascent` (`steps=1`: FGSM-RS, the training attack; more: PGD
+    with `step`, default 2.5 * eps / steps); negatives are the batch's clean latents of other classes (all others
+    when `labels` is None). The clean term scores each clean latent against itself. The examples are batched in
+    a seeded random order; when `batch_size` does not divide their number, the last batch is the last
+    `batch_size` examples of that order and scores only those not yet scored, so every term is measured at the
+    same batch size. Returned on the CPU, in the order of `images`.
+    """
+    n = len(images)
+    if n < batch_size:
+        raise ValueError(f"L_con is measured in batches of {batch_size} (its value depends on the batch size); got "
+                         f"{n} images: pass at least {batch_size}")
+    device = images.device
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    step = step if step is not None or steps == 1 else 2.5 * eps / steps
+    adversarial, clean = torch.empty(n), torch.empty(n)
+    for start in range(0, n, batch_size):
+        first = min(start, n - batch_size)
+        index = order[first:first + batch_size].to(device)
+        x = images[index]
+        y = labels[index] if labels is not None else None
+        with torch.no_grad():
+            z = encoder(x)
+        x_adv = linf_ascent(lambda v: contrastive_loss(encoder(v), z, y, tau), x, eps, steps=steps, step=step,
+                            generator=generator)
+        with torch.inference_mode():
+            new = slice(start - first, batch_size)
+            adversarial[index[new].cpu()] = contrastive_loss(encoder(x_adv), z, y, tau, reduction="none")[new].cpu()
+            clean[index[new].cpu()] = contrastive_loss(z, z, y, tau, reduction="none")[new].cpu()
+    return adversarial, clean
