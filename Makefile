@@ -13,12 +13,14 @@ setup: $(STAMP)
 
 # The lock is the whole resolved environment, so it installs with --no-deps (see pyproject.toml for why).
 $(STAMP): requirements/lock.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements/lock.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(BIN)/python -m ipykernel install --sys-prefix --name cropkit --display-name "Python (cropkit)"
-	touch $(STAMP)
+	@echo "setup: creating $(VENV) and installing the locked environment (a few minutes the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -m pip install -qq --no-deps -r requirements/lock.txt
+	@$(BIN)/python -m pip install -qq --no-deps --no-build-isolation -e .
+	@$(BIN)/python -m ipykernel install --sys-prefix --name cropkit --display-name "Python (cropkit)" >/dev/null
+	@touch $(STAMP)
+	@echo "setup: done ($$($(BIN)/python -c 'import torch; print("torch", torch.__version__)'); kernel 'cropkit' registered)"
 
 reproduce: setup
 	$(BIN)/cropkit reproduce --profile $(PROFILE)

@@ -1,4 +1,4 @@
-"""Command line: `python -m cropkit pretrain-fm` and `python -m cropkit reproduce --profile quick`."""
+"""Command line: `cropkit reproduce --profile quick`, `cropkit report --profile quick`, `cropkit pretrain-fm`."""
 
 from __future__ import annotations
 
@@ -39,6 +39,25 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if runs and all(r.status == "ok" for r in runs) else 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    from cropkit import report
+
+    if args.update_from:
+        for path in report.update_reference(args.profile, args.update_from):
+            print(f"reference: {path}")
+    if args.compare:
+        problems = report.moved(report.load_reference(args.profile), report.load_reference(args.profile, args.compare))
+        print("\n".join(problems) or f"every reference number of {args.profile!r} reproduced within its interval")
+        return 1 if problems else 0
+    if args.check:
+        stale = report.stale(args.profile)
+        print("\n".join(f"out of date: {p} (run `cropkit report --profile {args.profile}`)" for p in stale) or "up to date")
+        return 1 if stale else 0
+    for path in report.write(args.profile):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cropkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--kernel", default="cropkit", help="Jupyter kernel to run the notebooks in (default: cropkit)")
     rp.add_argument("--out", type=Path, help="write results/ and figures/ under this folder (default: the project)")
     rp.set_defaults(run=_reproduce)
+
+    rr = commands.add_parser("report", help="render the results page and the README's results from reference records")
+    rr.add_argument("--profile", default="quick", help="reference/<profile>/ (default: quick)")
+    rr.add_argument("--update-from", type=Path, metavar="DIR",
+                    help="first make the latest records in DIR (e.g. results/quick) the reference")
+    rr.add_argument("--check", action="store_true", help="only say whether the committed text is up to date")
+    rr.add_argument("--compare", type=Path, metavar="DIR",
+                    help="list the reference numbers that the records in DIR do not reproduce within their intervals")
+    rr.set_defaults(run=_report)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -37,6 +37,7 @@ class AuditReport:
     checks: list[Check]
     curves: dict[str, dict[float, float]] = field(default_factory=dict)
     full: bool = True
+    records: list[dict[str, Any]] = field(default_factory=list)  # the evaluations the curves were read from
 
     @property
     def passed(self) -> bool:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from cropkit import precision
+from cropkit.progress import bar as progress_bar
 
 
 class LinearHead(nn.Module):
@@ -45,7 +45,7 @@ def extract_features(
     model.eval()
     with precision.autocast(device):
         chunks = [model(batch.to(device)).float().cpu()
-                  for batch in tqdm(images.split(batch_size), desc=desc, leave=False)]
+                  for batch in progress_bar(images.split(batch_size), desc=desc, leave=False)]
     return torch.cat(chunks)
 
 

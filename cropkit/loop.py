@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from cropkit import checkpoint, distributed
+from cropkit.progress import bar as progress_bar
 
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
@@ -103,7 +103,7 @@ def resumable_training(
     resumed = None if restart else checkpoint.load_training_state(
         directory, model=model, optimizer=optimizer, scheduler=scheduler, config=config)
     start, history = resumed or (0, [])
-    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs)
+    bar = progress_bar(range(start, epochs), desc=desc, disable=not progress, initial=start, total=epochs)
     for epoch in bar:
         started = time.perf_counter()
         stats = run_epoch(epoch)

@@ -26,6 +26,18 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+def output_root() -> Path:
+    """Where relative results and figures folders are written: `$CROPKIT_OUT`, else the project root (the test
+    suite points it at a temporary folder, so its notebook runs never mix with a user's results)."""
+    return Path(os.environ.get("CROPKIT_OUT", project_root())).expanduser()
+
+
+def output(path: str | os.PathLike[str]) -> Path:
+    """An absolute output path: `~` expanded, relative paths taken from `output_root()`."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else output_root() / p
+
+
 def cache_dir() -> Path:
     """Trained artifacts shared between notebooks and runs: `$CROPKIT_CACHE`, else `~/.cache/cropkit`."""
     return Path(os.environ.get("CROPKIT_CACHE", Path.home() / ".cache" / "cropkit")).expanduser()

@@ -15,7 +15,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from cropkit.attacks import AttackSpec
 from cropkit.cost import measure
@@ -23,6 +22,7 @@ from cropkit.data import ImageData
 from cropkit.heads import extract_features, train_linear_head
 from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
 from cropkit.models import Pipeline
+from cropkit.progress import bar as progress_bar
 
 
 def fit_slf(preprocessor: nn.Module | None, foundation: nn.Module, train: ImageData, *,
@@ -53,7 +53,7 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     images, labels = train.tensors()
     torch.manual_seed(seed)  # torchattacks' random starts
     history = []
-    for epoch in tqdm(range(epochs), desc="ALF head", disable=not progress):
+    for epoch in progress_bar(range(epochs), desc="ALF head", disable=not progress):
         adversary = attack.build(pipeline, n_classes=train.num_classes, seed=seed + epoch)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         means = RunningMeans()

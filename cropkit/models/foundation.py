@@ -9,6 +9,8 @@ differentiate through it. Resizing and normalisation happen inside, in torch, so
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -28,6 +30,20 @@ def check_images(x: Tensor, channels: int | tuple[int, ...] | None = None) -> No
     allowed = (channels,) if isinstance(channels, int) else channels
     if allowed is not None and x.shape[1] not in allowed:
         raise ValueError(f"expected images with {' or '.join(map(str, allowed))} channels, got shape {tuple(x.shape)}")
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers with errors only and no progress bars (a loading or saving bar per model clutters notebooks)."""
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 class FoundationModel(nn.Module):
@@ -67,12 +83,8 @@ class FoundationModel(nn.Module):
         `ViTMAEModel.from_pretrained` (e.g. `attn_implementation`, `dtype`). A checkpoint missing encoder
         weights is an error rather than a silently random model; unused decoder weights are expected.
         """
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()  # the decoder weights of a pre-training checkpoint are unused
-        try:
+        with quiet_transformers():  # the decoder weights of a pre-training checkpoint are unused: no warning
             encoder, info = ViTMAEModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
-        finally:
-            transformers.logging.set_verbosity(verbosity)
         if info["missing_keys"] or info["mismatched_keys"]:
             raise ValueError(f"{name_or_path} does not hold a complete ViT-MAE encoder; missing or mismatched: "
                              f"{sorted(info['missing_keys'] | set(map(str, info['mismatched_keys'])))[:5]}")

@@ -1,0 +1,374 @@
+"""What the records say, in words and tables: each notebook's closing summary and the README's results.
+
+Every comparative sentence comes from a paired test on the same examples (`cropkit.stats.compare` through
+`results.compare_records`) and says "not resolved at n = ..." when the test does not reject; every accuracy is
+shown with its 95% interval. A notebook calls `summary(name, run.written)` on the records it wrote; `cropkit report`
+renders the same summaries from a profile's committed reference records (`reference/<profile>/`) into
+`reference/<profile>/RESULTS.md` and the README's generated block, so the README's numbers are what the code
+printed, never typed. A test re-renders both and fails when they differ from the committed text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cropkit.checkpoint import atomic_write_bytes
+from cropkit.paths import project_root
+from cropkit.results import compare_records, load_records
+from cropkit.stats import format_accuracy, mcnemar_sample_size, seed_spread
+
+Record = dict[str, Any]
+_IDENTITY = ("kind", "model", "dataset", "split", "n_examples", "examples", "attack", "eps", "seed", "setup")
+
+
+def latest(records: Iterable[Record]) -> list[Record]:
+    """The last record of each measurement (same model, data, examples, attack, eps and seed), in first-seen order:
+    a notebook run again appends new records, and the newest one speaks."""
+    chosen: dict[str, Record] = {}
+    for record in records:
+        chosen[repr([record.get(k) for k in _IDENTITY])] = record
+    return list(chosen.values())
+
+
+def evaluations(records: Iterable[Record], **match: Any) -> list[Record]:
+    """Evaluation records (those with an attack) whose fields equal `match`, e.g. `attack="PGD-10"`."""
+    return [r for r in records if r.get("attack") and all(r.get(k) == v for k, v in match.items())]
+
+
+def one(records: Iterable[Record], **match: Any) -> Record:
+    """The single latest record matching `match` (evaluations, or any kind with `kind=`)."""
+    pool = list(records)
+    found = [r for r in pool if all(r.get(k) == v for k, v in match.items())]
+    if not found:
+        raise LookupError(f"no record with {match}")
+    return found[-1]
+
+
+def accuracy(record: Record, which: str = "robust") -> str:
+    """'53.7 [48.0, 59.3]' for a record's clean or robust accuracy."""
+    return format_accuracy(record[f"{which}_accuracy"], record[f"{which}_interval"])
+
+
+def claim(a: Record, b: Record, which: str = "robust", *, a_name: str | None = None,
+          b_name: str | None = None, what: str | None = None) -> str:
+    """A paired comparison of two records as one sentence ('A beats B ...' or '... not resolved at n = ...')."""
+    comparison = compare_records(a, b, which, a_name=a_name, b_name=b_name)
+    label = what or (f"{a['attack']} accuracy" if which == "robust" and a.get("attack") == b.get("attack") else
+                     "robust accuracy" if which == "robust" else "clean accuracy")
+    return comparison.statement(label)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A markdown table of `rows` (dicts), columns in the given or first-seen order."""
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_rows(records: Iterable[Record], index: Callable[[Record], str] = lambda r: r["model"]) -> list[dict]:
+    """One row per `index(record)`: its clean accuracy and each attack's robust accuracy, all with intervals,
+    and n (the rows' evaluations must share their examples to be compared in a column)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        row = rows.setdefault(index(r), {"model": index(r), "n": r["n_examples"], "clean": accuracy(r, "clean")})
+        row[r["attack"]] = accuracy(r)
+    return list(rows.values())
+
+
+def attack_table(records: Sequence[Record]) -> str:
+    """One model's evaluations as a markdown table: a row per attack with n, clean and robust accuracy."""
+    return table([{"attack": r["attack"], "eps": f"{r['eps']:.4g}", "n": r["n_examples"],
+                   "clean": accuracy(r, "clean"), "robust": accuracy(r)} for r in records])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One summary per notebook: the notebook's own closing cell and the README render the same text.
+
+def probes(records: list[Record]) -> str:
+    """Notebook 00's linear probes: frozen features against raw pixels, paired on the test split."""
+    features, pixels = one(records, kind="linear-probe", features="foundation"), one(records, kind="linear-probe",
+                                                                                      features="pixels")
+    return (f"Linear probe on {features['dataset']} ({features['n_examples']} test images): frozen "
+            f"{features['foundation']} features {accuracy(features, 'clean')}, raw pixels {accuracy(pixels, 'clean')}; "
+            + claim(features, pixels, "clean", a_name="features", b_name="pixels", what="test accuracy") + ".")
+
+
+def _quickstart(records: list[Record]) -> str:
+    eps = one(records, kind="linear-probe", features="foundation")["eps"]
+    main = evaluations(records, model="Identity", eps=eps)
+    n = one(main, attack="worst case")["n_examples"]
+    curve = sorted((r for r in evaluations(records, model="Identity", attack="PGD-10") if r["n_examples"] == n),
+                   key=lambda r: r["eps"])
+    return "\n".join([
+        probes(records), "",
+        f"Identity pipeline at eps = {eps:g}:", "", attack_table([r for r in main if r["n_examples"] == n]), "",
+        "PGD-10 accuracy against eps: " + ", ".join(f"{r['eps']:.3g}: {accuracy(r)}" for r in curve) + ".",
+    ])
+
+
+def resolution(a: Record, b: Record, which: str = "robust") -> str:
+    """For an unresolved paired comparison, how many examples would resolve the observed difference (80% power);
+    empty when the comparison is resolved or the two agree on every example."""
+    comparison = compare_records(a, b, which)
+    discordant = (comparison.only_a + comparison.only_b) / comparison.n
+    if comparison.resolved or comparison.difference == 0:
+        return ""
+    n = mcnemar_sample_size(comparison.difference, discordant)
+    return (f" At the observed difference ({100 * comparison.difference:+.1f} points, {discordant:.0%} of examples "
+            f"in disagreement) about {n} test images would resolve it with 80% power.")
+
+
+def _training_seed(record: Record) -> Any:
+    return record.get("setup", {}).get("training_seed")
+
+
+def _seed_spread_rows(records: list[Record], attack: str) -> list[dict[str, Any]]:
+    """Per model: the mean and spread of clean and `attack` accuracy across training seeds."""
+    by_model: dict[str, list[Record]] = {}
+    for r in evaluations(records, attack=attack):
+        by_model.setdefault(r["model"], []).append(r)
+    rows = []
+    for model, found in by_model.items():
+        clean, robust = (seed_spread([r[f"{w}_accuracy"] for r in found]) for w in ("clean", "robust"))
+        rows.append({"model": model, "seeds": robust["seeds"],
+                     "clean, mean ± sd": f"{100 * clean['mean']:.1f} ± {100 * clean['std']:.1f}",
+                     f"{attack}, mean ± sd": f"{100 * robust['mean']:.1f} ± {100 * robust['std']:.1f}",
+                     f"{attack}, range": f"{100 * robust['min']:.1f}-{100 * robust['max']:.1f}"})
+    return rows
+
+
+def _main_results(records: list[Record]) -> str:
+    seeds = sorted({_training_seed(r) for r in evaluations(records) if _training_seed(r) is not None})
+    first = [r for r in evaluations(records) if _training_seed(r) in (None, seeds[0])]
+    cropd = next(r["model"].split(" · ")[0] for r in first if r["model"].startswith("CRoPD"))
+    lines = []
+    for protocol in ("SLF", "ALF"):
+        worst = {r["model"].split(" · ")[0]: r for r in evaluations(first, attack="worst case")
+                 if r["model"].endswith(protocol)}
+        pgd10 = one(first, model=f"{cropd} · {protocol}", attack="PGD-10")
+        overstated = 100 * (pgd10["robust_accuracy"] - worst[cropd]["robust_accuracy"])
+        lines += [f"**{protocol} heads** (training seed {seeds[0]}, worst case over "
+                  f"{', '.join(worst[cropd]['attack_settings']['over'])}, eps = {worst[cropd]['eps']:g}):", ""]
+        lines += [f"- {claim(worst[cropd], worst[other], what='worst-case accuracy')}."
+                  + resolution(worst[cropd], worst[other]) for other in worst if other != cropd]
+        lines += [f"- {claim(worst[cropd], worst['Identity'], 'clean', what='clean accuracy')}.",
+                  f"- {claim(pgd10, worst[cropd], a_name=f'{cropd} under PGD-10', b_name='under the worst case')}"
+                  f": PGD-10 alone overstates its robustness by {overstated:.1f} points.", ""]
+    if len(seeds) > 1:
+        lines += [f"Across training seeds {seeds} (each row's within-seed intervals are in the table above):", "",
+                  table(_seed_spread_rows(records, "worst case")), ""]
+    return "\n".join(lines).strip()
+
+
+def _lambda_ablation(records: list[Record]) -> str:
+    seeds = sorted({_training_seed(r) for r in evaluations(records)})
+    worst = sorted((r for r in evaluations(records, attack="worst case") if _training_seed(r) == seeds[0]),
+                   key=lambda r: r["setup"]["lambda"])
+    name = {id(r): f"lambda = {r['setup']['lambda']:g}" for r in worst}
+    lines = [f"Training seed {seeds[0]}, SLF heads, worst case over {', '.join(worst[0]['attack_settings']['over'])} "
+             f"at eps = {worst[0]['eps']:g} on {worst[0]['n_examples']} test images:", "",
+             table([{"lambda": f"{r['setup']['lambda']:g}", "clean": accuracy(r, "clean"), "worst case": accuracy(r)}
+                    for r in worst]), ""]
+    for a, b in zip(worst[1:], worst):
+        lines += [f"- {claim(a, b, a_name=name[id(a)], b_name=name[id(b)], what='worst-case accuracy')}."
+                  + resolution(a, b),
+                  f"- {claim(a, b, 'clean', a_name=name[id(a)], b_name=name[id(b)], what='clean accuracy')}."]
+    if len(seeds) > 1:
+        lines += ["", f"Across training seeds {seeds}:", "", table(_seed_spread_rows(records, "worst case"))]
+    return "\n".join(lines)
+
+
+def _theory_bound(records: list[Record]) -> str:
+    fits = [r for r in records if r.get("kind") == "bound-fit"]
+    main = one(fits, quantity="increase", l_con_attack="pgd")
+    raw = one(fits, quantity="l_con", l_con_attack="pgd")
+    held = [r for r in records if r.get("kind") == "bound-holdout"]
+    violated = [r["held_out"] for r in held if r["verdict"] == "violated"]
+    unresolved = [r["held_out"] for r in held if r["verdict"] == "not resolved"]
+    low, high = main["kappa_interval"]
+    return "\n".join([
+        f"{len(main['models'])} pre-processors, {main['n_examples']} test images, eps = {main['eps']:g}, L_con under PGD "
+        "in batches of 128.",
+        f"- In-sample, on the floor-free increase of L_con: kappa = {main['kappa']:.3f} ({low:.3f}-{high:.3f}); the gap "
+        f"{'rises' if main['spearman'] > 0 else 'does not rise'} with the increase (Spearman {main['spearman']:+.2f}, "
+        f"p = {main['spearman_p']:.2g}). On the raw L_con (floor included): kappa = {raw['kappa']:.3f}, Spearman "
+        f"{raw['spearman']:+.2f}.",
+        f"- Out of sample (each model held out, kappa fitted on the others): the bound is violated for "
+        f"{len(violated)} of {len(held)} models" + (f" ({', '.join(violated)})" if violated else "")
+        + f", holds for {sum(r['verdict'] == 'holds' for r in held)}, and is not resolved for {len(unresolved)}"
+        + (f" ({', '.join(unresolved)})" if unresolved else "") + ".",
+    ])
+
+
+def _transfer(records: list[Record]) -> str:
+    worst = evaluations(records, attack="worst case")
+    lines = [f"Worst case over {', '.join(worst[0]['attack_settings']['over'])} at eps = {worst[0]['eps']:g}, SLF "
+             "heads trained on each target:", ""]
+    for target in dict.fromkeys(r["dataset"] for r in worst):
+        here = [r for r in worst if r["dataset"] == target]
+        identity = one(here, model="Identity · SLF")
+        for r in here:
+            if r is identity:
+                continue
+            kind = "in-domain" if r["setup"]["trained_on"] == target else "transfer"
+            lines.append(f"- on {target} ({kind}): {claim(r, identity, what='worst-case accuracy')}."
+                         + resolution(r, identity))
+    return "\n".join(lines)
+
+
+def _audit(records: list[Record]) -> str:
+    rows = [{"model": r["model"], "n": r["n_examples"], "clean": accuracy(r, "clean"), r["attack"]: accuracy(r),
+             "audit": "passed" if r["audit"]["passed"] else "FAILED: " + ", ".join(r["audit"]["failed"])}
+            for r in evaluations(records)]
+    return table(rows)
+
+
+SUMMARIES: dict[str, Callable[[list[Record]], str]] = {
+    "00_quickstart": _quickstart,
+    "01_theory_bound": _theory_bound,
+    "02_main_results": _main_results,
+    "03_lambda_ablation": _lambda_ablation,
+    "04_cross_dataset_transfer": _transfer,
+    "08_robustness_audit": _audit,
+}
+
+
+def summary(notebook: str, records: Iterable[Record]) -> str:
+    """The closing summary of `notebook` (e.g. "02_main_results") from its records, as markdown."""
+    if notebook not in SUMMARIES:
+        raise ValueError(f"no summary for notebook {notebook!r}; have {sorted(SUMMARIES)}")
+    return SUMMARIES[notebook](latest(records))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The committed reference and the generated README block.
+
+def reference_dir(profile: str) -> Path:
+    return project_root() / "reference" / profile
+
+
+def load_reference(profile: str, folder: Path | None = None) -> dict[str, list[Record]]:
+    """Each notebook's records in `folder` (default: the profile's committed reference), by notebook name."""
+    folder = reference_dir(profile) if folder is None else folder
+    return {path.stem: load_records(path) for path in sorted(folder.glob("[0-9][0-9]_*.jsonl"))}
+
+
+def _sections(by_notebook: dict[str, list[Record]], names: Iterable[str], level: str) -> list[str]:
+    parts = []
+    for name in names:
+        records = by_notebook.get(name)
+        if records and name in SUMMARIES:
+            first = records[0]
+            parts.append(f"{level} {name}\n\n{summary(name, records)}\n\n"
+                         f"<sub>{len(records)} records; commit {first.get('commit', '?')[:12]}, "
+                         f"{first.get('device', '?')}, {first.get('timestamp', '?')}.</sub>\n")
+    return parts
+
+
+def render(profile: str, by_notebook: dict[str, list[Record]]) -> str:
+    """The results page: every notebook's summary from its records, with where they came from."""
+    return "\n".join([
+        f"# Results of the `{profile}` profile\n",
+        f"Generated by `cropkit report --profile {profile}` from the records in `reference/{profile}/` (each record "
+        "holds its provenance: commit, device, library versions, time). Accuracies in percent with 95% Wilson "
+        "intervals; comparisons are exact McNemar tests on the same examples.\n",
+        *_sections(by_notebook, by_notebook, "##")])
+
+
+README_SECTIONS = ("02_main_results", "06_robust_finetuning", "07_cost")
+
+
+def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
+    """The README's generated results: the headline notebooks' summaries, and where the rest is."""
+    return "\n".join([
+        f"Generated by `cropkit report --profile {profile}` from `reference/{profile}/`; every notebook's summary is in "
+        f"[`reference/{profile}/RESULTS.md`](reference/{profile}/RESULTS.md).\n",
+        *_sections(by_notebook, README_SECTIONS, "####")])
+
+
+def outputs(profile: str) -> dict[Path, str]:
+    """What `cropkit report` writes for a profile, rendered from its committed reference records."""
+    by_notebook = load_reference(profile)
+    readme = project_root() / "README.md"
+    return {reference_dir(profile) / "RESULTS.md": render(profile, by_notebook),
+            readme: readme_with_block(readme.read_text(), profile, readme_block(profile, by_notebook))}
+
+
+def stale(profile: str) -> list[Path]:
+    """The generated files whose committed text differs from what the reference records render to."""
+    return [path for path, text in outputs(profile).items() if not path.is_file() or path.read_text() != text]
+
+
+def write(profile: str) -> list[Path]:
+    """Render the results page and the README block from the reference records; return the files that changed."""
+    changed = stale(profile)
+    for path, text in outputs(profile).items():
+        if path in changed:
+            atomic_write_bytes(path, text.encode())
+    return changed
+
+
+def update_reference(profile: str, folder: Path) -> list[Path]:
+    """Make the latest records of a run in `folder` (e.g. `results/quick`) the profile's reference."""
+    by_notebook = load_reference(profile, folder)
+    if not by_notebook:
+        raise ValueError(f"no notebook records (NN_*.jsonl) in {folder}: run `cropkit reproduce --profile {profile}`")
+    target = reference_dir(profile)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, records in by_notebook.items():
+        path = target / f"{name}.jsonl"
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in latest(records))
+        atomic_write_bytes(path, lines.encode())
+        written.append(path)
+    return written
+
+
+_COMPARED = ("kind", "model", "dataset", "attack", "eps", "n_examples", "examples", "quantity", "l_con_attack",
+             "features", "held_out")
+# Each checked number and the field holding its 95% interval.
+_NUMBERS = {"clean_accuracy": "clean_interval", "robust_accuracy": "robust_interval", "kappa": "kappa_interval"}
+
+
+def _comparison_key(notebook: str, record: Record) -> str:
+    return repr([notebook, *(record.get(k) for k in _COMPARED), _training_seed(record)])
+
+
+def moved(reference: dict[str, list[Record]], produced: dict[str, list[Record]]) -> list[str]:
+    """Every reference number that a new run did not reproduce: absent, or outside the reference record's 95%
+    interval (accuracies: Wilson; kappa: bootstrap). Timings and costs are not compared. Empty when all agree."""
+    found = {_comparison_key(nb, r): r for nb, records in produced.items() for r in latest(records)}
+    problems = []
+    for notebook, records in reference.items():
+        for ref in latest(records):
+            checked = [n for n in _NUMBERS if n in ref and _NUMBERS[n] in ref]
+            if not checked:
+                continue
+            label = f"{notebook}: {ref.get('model') or ref.get('kind')} / {ref.get('attack') or ref.get('quantity')}"
+            new = found.get(_comparison_key(notebook, ref))
+            if new is None:
+                problems.append(f"{label}: no such record in the new run")
+                continue
+            for number in checked:
+                low, high = ref[_NUMBERS[number]]
+                if not low - 1e-9 <= new[number] <= high + 1e-9:
+                    problems.append(f"{label}: {number} {new[number]:.4g} outside the reference's "
+                                    f"{ref[number]:.4g} [{low:.4g}, {high:.4g}]")
+    return problems
+
+
+BEGIN, END = "<!-- results:{profile}:begin -->", "<!-- results:{profile}:end -->"
+
+
+def readme_with_block(readme: str, profile: str, block: str) -> str:
+    """`readme` with the text between the profile's generated-block markers replaced by `block`."""
+    begin, end = BEGIN.format(profile=profile), END.format(profile=profile)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"the README has no generated block for {profile!r}: add the lines {begin} and {end}")
+    return pattern.sub(lambda _: f"{begin}\n{block.strip()}\n{end}", readme)

@@ -1,0 +1,56 @@
+"""The README's numbers are generated from committed reference records, and CI holds the code to them."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from cropkit import report
+from cropkit.paths import output_root
+from cropkit.reproduce import numbered_notebooks
+
+PROFILE = "quick"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    found = report.load_reference(PROFILE)
+    assert found, "reference/quick/ holds no records: run `cropkit report --profile quick --update-from results/quick`"
+    return found
+
+
+def test_every_notebook_has_reference_records_and_a_summary(reference):
+    assert set(reference) == {path.stem for path in numbered_notebooks()}
+    for name, records in reference.items():
+        assert report.summary(name, records).strip(), name
+
+
+def test_committed_results_page_and_readme_are_generated_from_the_reference():
+    stale = report.stale(PROFILE)
+    assert not stale, f"out of date: {stale}; run `cropkit report --profile {PROFILE}` and commit the result"
+
+
+def test_a_moved_number_is_reported_and_an_unchanged_run_is_not(reference):
+    assert report.moved(reference, reference) == []
+    produced = copy.deepcopy(reference)
+    target = next(r for r in report.latest(produced["02_main_results"]) if r.get("attack") == "worst case")
+    low, high = target["robust_interval"]
+    target["robust_accuracy"] = min(1.0, high + 0.05) if high < 0.95 else low - 0.05  # outside its interval
+    problems = report.moved(reference, produced)
+    assert len(problems) == 1 and target["model"] in problems[0] and "robust_accuracy" in problems[0]
+    produced["02_main_results"] = [r for r in produced["02_main_results"] if r is not target]
+    assert any("no such record" in p for p in report.moved(reference, produced))
+
+
+@pytest.mark.after_notebooks
+def test_this_sessions_notebook_run_reproduces_the_reference(request, reference):
+    """Runs after the notebooks that nbval executed in this session (under CROPKIT_OUT) and compares their records."""
+    ran = {Path(item.fspath).stem for item in request.session.items if str(item.fspath).endswith(".ipynb")}
+    if not ran:
+        pytest.skip("no notebook ran in this session (run the whole suite: `make test`)")
+    produced = report.load_reference(PROFILE, output_root() / "results" / PROFILE)
+    assert set(produced) >= ran, f"notebooks ran but wrote no records: {sorted(ran - set(produced))}"
+    problems = report.moved({name: reference[name] for name in ran}, produced)
+    assert not problems, "numbers moved against reference/quick (if on purpose, regenerate it):\n" + "\n".join(problems)
