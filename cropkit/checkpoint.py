@@ -145,6 +145,16 @@ def config_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def module_digest(module: nn.Module) -> str:
+    """Short hash of a module's parameters and buffers (persistent or not, e.g. a model's input normalisation):
+    which weights a cached result was computed from."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted([*module.named_parameters(), *module.named_buffers()], key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
+    return digest.hexdigest()[:12]
+
+
 def cache_key(fields: dict[str, Any], *, recipe: int, data: str) -> str:
     """The cache key of a trained artifact: its config, the version of the code's recipe that trains it (bumped
     when a change alters what the same config produces) and the digest of its training data's content (a

@@ -17,7 +17,6 @@ a digest of the starting weights, so notebooks share them. Every epoch's history
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import shutil
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from torch import Tensor, nn
 
 from cropkit import precision
 from cropkit.attacks import validate_eps
-from cropkit.checkpoint import cache_key, existing_directory, load_weights, save_weights
+from cropkit.checkpoint import cache_key, existing_directory, load_weights, module_digest, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
@@ -145,15 +144,6 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
     return loss, {"adv_ce": adv_ce.item(), "kl_guide": kl_guide.item(), "kl_clean": kl_clean.item()}
 
 
-def weights_digest(model: nn.Module) -> str:
-    """Short hash of a module's parameters and persistent buffers: which starting point a run fine-tuned."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-dim too
-    return digest.hexdigest()[:12]
-
-
 def unfreeze(pipeline: Pipeline, config: FinetuneConfig) -> list[nn.Parameter]:
     """Make the parts `config` trains require gradients (and only those); return their parameters."""
     pipeline.requires_grad_(False)
@@ -187,7 +177,7 @@ def finetune_robust(
     papers' rates diverges here); bf16 autocast on CUDA. `config.n_train` trains on a seeded subset.
     """
     data = train.take(config.n_train, seed=config.seed) if config.n_train else train
-    out = finetune_dir(config, weights_digest(pipeline), data)
+    out = finetune_dir(config, module_digest(pipeline), data)
     tuned = copy.deepcopy(pipeline).cpu()
     found = existing_directory(out)
     if found is not None and not force:

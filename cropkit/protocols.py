@@ -1,7 +1,7 @@
 """Downstream protocols on a frozen stack (pre-processor + foundation model): SLF and ALF linear heads.
 
 - SLF (standard linear fine-tuning): the stack's features of the clean training set are computed once and a
-  linear head is fitted on them (`cropkit.heads`).
+  linear head is fitted on them (`cropkit.heads`); the head is cached by the stack's weights and the data.
 - ALF (adversarial linear fine-tuning): starting from the SLF head, the head is trained on adversarial
   examples made by attacking the *whole* pipeline each step (PGD through pre-processor, foundation model and
   head); the stack stays frozen.
@@ -16,24 +16,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cropkit import precision
 from cropkit.attacks import AttackSpec
+from cropkit.checkpoint import cache_key, existing_directory, load_weights, module_digest, read_json, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData
-from cropkit.heads import extract_features, train_linear_head
+from cropkit.heads import WEIGHT_DECAYS, LinearHead, extract_features, train_linear_head
 from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
 from cropkit.models import Pipeline
+from cropkit.paths import cache_dir
 from cropkit.progress import bar as progress_bar
+
+
+# Bump when a code change alters the head fitted for the same frozen stack and data (it keys the cache).
+HEAD_RECIPE_VERSION = 1
 
 
 def fit_slf(preprocessor: nn.Module | None, foundation: nn.Module, train: ImageData, *,
             device: torch.device | str | None = None, batch_size: int = 256) -> Pipeline:
-    """A pipeline whose linear head is fitted on the cached features of the frozen stack (clean data)."""
+    """A pipeline whose linear head is fitted on the frozen stack's features of the clean training set.
+
+    The head is cached, keyed by the frozen stack's weights, the training data's content, the precision the
+    features are extracted in and the fitting recipe: the notebooks fit SLF heads on the same stacks many times.
+    """
     pipeline = Pipeline(preprocessor, foundation, nn.Identity())
     if device is not None:
         pipeline.to(device)
-    x, y = train.tensors()
-    features = extract_features(pipeline, x, batch_size=batch_size, desc="SLF features")
-    pipeline.head = train_linear_head(features, y, train.num_classes).to(next(pipeline.parameters()).device)
+    device = next(pipeline.parameters()).device
+    key = cache_key({"stack": module_digest(pipeline), "precision": precision.describe(device),
+                     "weight_decays": list(WEIGHT_DECAYS)}, recipe=HEAD_RECIPE_VERSION, data=train.digest())
+    path = cache_dir() / "heads" / f"slf-{train.name}-{key}"
+    found = existing_directory(path)
+    if found is not None:
+        head = LinearHead(int(read_json(found / "config.json")["in_features"]), train.num_classes)
+        saved = load_weights(head, found)
+        head.weight_decay, head.validation = saved["weight_decay"], {float(k): v for k, v in saved["validation"].items()}
+    else:
+        x, y = train.tensors()
+        features = extract_features(pipeline, x, batch_size=batch_size, desc="SLF features")
+        head = train_linear_head(features, y, train.num_classes)
+        save_weights(head, path, {"in_features": features.shape[1], "num_classes": train.num_classes,
+                                  "weight_decay": head.weight_decay, "validation": head.validation})
+    pipeline.head = head.requires_grad_(False).eval().to(device)
     return pipeline
 
 

@@ -22,7 +22,10 @@ from cropkit.results import compare_records, load_records
 from cropkit.stats import format_accuracy, mcnemar_sample_size, seed_spread
 
 Record = dict[str, Any]
-_IDENTITY = ("kind", "model", "dataset", "split", "n_examples", "examples", "attack", "eps", "seed", "setup")
+# What a measurement is (as opposed to what it measured and where): two records agreeing on these are one
+# measurement made twice, and the newer one speaks.
+_IDENTITY = ("kind", "model", "method", "dataset", "split", "n_examples", "examples", "attack", "eps", "seed", "setup",
+             "features", "quantity", "l_con_attack", "held_out", "budget_epochs", "pgd_steps")
 
 
 def latest(records: Iterable[Record]) -> list[Record]:
@@ -221,6 +224,90 @@ def _transfer(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def _acl_family(records: list[Record]) -> str:
+    worst = {r["model"]: r for r in evaluations(records, attack="worst case")}
+    cost = {r["model"]: r for r in records if r.get("kind") == "pretraining"}
+    baseline = next(name for name in worst if name.startswith("random init"))
+    slf = {name.removesuffix(" · SLF"): r for name, r in worst.items() if name.endswith(" · SLF") and name != baseline}
+    first = next(iter(worst.values()))
+    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g}, "
+             f"{first['n_examples']} test images:", "", "SLF heads against the untrained backbone:"]
+    lines += [f"- {claim(r, worst[baseline], what='worst-case accuracy')}." for name, r in slf.items() if name != "CRoPD"]
+    pairs = [(name, "ACL") for name in slf if name.startswith("ACL-RCS")] + [("ACL-AIR", "ACL"), ("DynACL-AIR", "DynACL")]
+    lines += ["", "Each variant against the method it modifies (SLF):"]
+    for a, b in pairs:
+        if a in slf and b in slf:
+            speed = f" Pre-training {cost[b]['seconds'] / cost[a]['seconds']:.2f}x faster than {b} (wall-clock, " \
+                    f"{cost[a]['examples']} examples trained against {cost[b]['examples']})." if "RCS" in a else ""
+            lines.append(f"- {claim(slf[a], slf[b], what='worst-case accuracy')}." + resolution(slf[a], slf[b]) + speed)
+    encoders = {name: r for name, r in worst.items() if not name.startswith(("CRoPD", baseline))}
+    best = max(encoders, key=lambda name: encoders[name]["robust_accuracy"])
+    lines += ["", f"- {claim(worst['CRoPD · SLF'], encoders[best], what='worst-case accuracy')} (the most robust "
+                  "ACL-family model)."]
+    return "\n".join(lines)
+
+
+def _robust_finetuning(records: list[Record]) -> str:
+    worst = evaluations(records, attack="worst case")
+    lines = [f"Worst case over {', '.join(worst[0]['attack_settings']['over'])} at eps = {worst[0]['eps']:g}:", ""]
+    for dataset in dict.fromkeys(r["dataset"] for r in worst):
+        here = {r["model"]: r for r in worst if r["dataset"] == dataset}
+        cropd = next(name for name in here if name.startswith("CRoPD"))
+        seen = "" if not here[cropd]["setup"].get("zero-shot") else " (never seen in fine-tuning)"
+        lines += [f"On {dataset}{seen}:", "",
+                  table([{"model": name, "clean": accuracy(r, "clean"), "worst case": accuracy(r)}
+                         for name, r in here.items()]), ""]
+        for name, r in here.items():
+            if name not in (cropd, "Identity · SLF"):
+                lines += [f"- {claim(r, here['Identity · SLF'], what='worst-case accuracy')}.",
+                          f"- {claim(r, here[cropd], what='worst-case accuracy')}." + resolution(r, here[cropd])]
+        lines.append("")
+    return "\n".join(lines).strip()
+
+
+def frontier(records: Iterable[Record], target: float) -> str:
+    """For each method of notebook 07's cost records: the cheapest budget whose worst-case accuracy reaches `target`,
+    its FLOPs and their ratio to CRoPD's (a lower bound where a method never reaches it)."""
+    by_method: dict[str, list[Record]] = {}
+    for r in latest(records):
+        if r.get("kind") == "cost":
+            by_method.setdefault(r["method"], []).append(r)
+    reached = {m: next((r for r in sorted(rs, key=lambda r: r["flops"]) if r["robust_accuracy"] >= target), None)
+               for m, rs in by_method.items()}
+    cropd = next(m for m in by_method if m.startswith("CRoPD"))
+    rows = []
+    for method, r in reached.items():
+        largest = max(by_method[method], key=lambda r: r["flops"])
+        if r is None:
+            rows.append({"method": method, "reaches": f"no (best {max(x['robust_accuracy'] for x in by_method[method]):.1%})",
+                         "budget": f"> {largest['budget_epochs']} epochs", "FLOPs": f"> {largest['flops']:.3g}",
+                         "worst case": "", "FLOPs / CRoPD": (f"> {largest['flops'] / reached[cropd]['flops']:.1f}x"
+                                                            if reached[cropd] else "undefined")})
+        else:
+            rows.append({"method": method, "reaches": "yes", "budget": f"{r['budget_epochs']} epochs",
+                         "FLOPs": f"{r['flops']:.3g}", "worst case": accuracy(r),
+                         "FLOPs / CRoPD": f"{r['flops'] / reached[cropd]['flops']:.1f}x" if reached[cropd] else
+                         "undefined (CRoPD does not reach it)"})
+    return f"Target: {target:.0%} worst-case accuracy.\n\n" + table(rows)
+
+
+def _cost(records: list[Record]) -> str:
+    costs = [r for r in records if r.get("kind") == "cost"]
+    price = {}
+    for r in costs:
+        price.setdefault(r["method"], r["flops"] / r["examples"])
+    cropd = next(m for m in price if m.startswith("CRoPD"))
+    units = ", ".join(f"{m} {p / price[cropd]:.1f}x" for m, p in price.items() if m != cropd)
+    scale = [r for r in records if r.get("kind") == "cost-at-scale"]
+    large = [r for r in scale if r["model"] == "ViT-MAE-Large"]
+    return "\n".join([
+        frontier(records, costs[0]["target"]), "",
+        f"Unit price (training FLOPs per example-epoch) against CRoPD's {price[cropd]:.3g}: {units}.",
+        "At ViT-MAE-Large scale (closed-form FLOPs, assumed epochs and PGD steps), fine-tuning / CRoPD training FLOPs: "
+        + ", ".join(f"{r['method']} {r['ratio_pre-processor_fixed']:.1f}x (pre-processor fixed) / "
+                    f"{r['ratio_pre-processor_scaled']:.1f}x (scaled)" for r in large) + "."])
+
+
 def _audit(records: list[Record]) -> str:
     rows = [{"model": r["model"], "n": r["n_examples"], "clean": accuracy(r, "clean"), r["attack"]: accuracy(r),
              "audit": "passed" if r["audit"]["passed"] else "FAILED: " + ", ".join(r["audit"]["failed"])}
@@ -234,6 +321,9 @@ SUMMARIES: dict[str, Callable[[list[Record]], str]] = {
     "02_main_results": _main_results,
     "03_lambda_ablation": _lambda_ablation,
     "04_cross_dataset_transfer": _transfer,
+    "05_acl_rcs_air": _acl_family,
+    "06_robust_finetuning": _robust_finetuning,
+    "07_cost": _cost,
     "08_robustness_audit": _audit,
 }
 

@@ -197,7 +197,7 @@ def holdout_slack(fitted: Sequence[BoundTerms], held_out: BoundTerms, *, l_con_a
     low, high = (float(q) for q in np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]))
     verdict = "violated" if high < 0 else "holds" if low > 0 else "not resolved"
     return {"held_out": held_out.name, "kappa": _kappa(mean_gap[:-1], mean_quantity[:-1]),
-            "gap": float(mean_gap[-1]), "quantity": float(mean_quantity[-1]),
+            "mean_gap": float(mean_gap[-1]), "mean_quantity": float(mean_quantity[-1]),
             "slack": slack(mean_gap, mean_quantity), "slack_low": low, "slack_high": high, "verdict": verdict}
 
 
