@@ -189,7 +189,7 @@ def evaluate(
         records.append(base | {
             "attack": spec.label,
             "eps": spec.eps,
-            "attack_settings": spec.settings(),
+            "attack_settings": spec.settings(data.num_classes),
             "implementation": IMPLEMENTATION,
             "robust_accuracy": int(distributed.sum_across(robust)) / len(labels),
             "runtime_s": clean_seconds + time.perf_counter() - started,
