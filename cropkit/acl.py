@@ -2,10 +2,13 @@
 
 `pretrain_acl(method, air=..., rcs=..., **settings)` runs one training loop for the whole family (METHOD.md
 section 2). Each step augments the batch twice at strength s, makes adversarial views by PGD on the NT-Xent of
-the pair (through the `pgd` BatchNorm branch), and minimises `acl_loss` of the natural (`normal` branch) and
-adversarial NT-Xent, with DynACL's annealed s and weight w; `air=True` adds 0.5 SIR + 0.5 AIR. With `rcs`, the
-first `warmup` epochs use all data, then every `interval` epochs a coreset of `fraction` of the training set is
-selected (`cropkit.rcs`) and trained on until the next selection.
+the pair (through the `pgd` BatchNorm branch, the model in eval mode as in the official `PGD_contrastive`, so the
+attack moves no running statistic), and minimises, in train mode, `acl_loss` of the natural (`normal` branch)
+and adversarial NT-Xent, with DynACL's annealed s and weight w. `air=True` minimises AIR's objective as its code
+does (`AIR.py`, `AIR_Loss.forward`): `(1-w) L_nat + (1+w) L_adv + 0.5 SIR + 0.5 AIR`, the contrastive part not
+halved (`contrastive.air_objective`). With `rcs`, the first `warmup` epochs use all data, then every `interval`
+epochs a coreset of `fraction` of the training set is selected (`cropkit.rcs`) and trained on until the next
+selection.
 
 The finished model is cached by config hash, and every epoch is checkpointed so an interrupted run resumes.
 The history has one row per epoch with `seconds` (wall-clock, selection included), `selection_seconds` and
@@ -13,10 +16,14 @@ The history has one row per epoch with `seconds` (wall-clock, selection included
 the kit's downstream protocols take as their foundation model; `untrained_encoder(**settings)` is the same
 backbone at initialisation, the baseline.
 
+RCS follows its official code (`ACL_RCS/small_scale_datasets/RCS.py`): the selection runs in eval mode, so it
+changes no running statistic; a candidate batch's gradient is that of ACL's loss `(L_nat + L_adv) / 2` (not
+DynACL's weighting nor AIR's terms, whichever method trains); RD compares clean projections (`normal` branch)
+with adversarial ones (`pgd` branch).
+
 Kit choices where the sources are silent or a CPU needs less: SGD with momentum 0.9 in place of LARS; the
-warm-up + cosine schedule is stepped per epoch (an RCS epoch has fewer batches); the attack runs with the model
-in train mode (batch statistics, as in the official loop); RCS's selection runs in eval mode, so it changes no
-running statistics; its validation images are held out of training and un-augmented.
+warm-up + cosine schedule is stepped per epoch (an RCS epoch has fewer batches); RCS's validation images are
+held out of training and un-augmented.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from cropkit import precision
 from cropkit.attacks import validate_eps
 from cropkit.augment import augment, dynacl_strength
 from cropkit.checkpoint import cache_key, existing_directory, load_weights, read_json, save_weights, write_json
-from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, sir
+from cropkit.contrastive import acl_loss, air, air_objective, dynacl_weight, nt_xent, sir
 from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
@@ -48,7 +55,7 @@ from cropkit.rcs import greedy_batch_selection, rd_validation_loss
 Method = Literal["acl", "dynacl"]
 METHODS = ("acl", "dynacl")
 # Bump when a code change alters what training produces for the same config (it keys the cache).
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: attack in eval mode, AIR's total unhalved, RCS's selection as in RCS.py
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,8 @@ class RCSConfig:
     interval: int = 20
     warmup: int = 100
     validation_fraction: float = 0.01  # held out (unlabeled) for the RD validation gradient
-    lr: float = 0.01  # the head's one-step update between picks
-    rd_steps: int = 3  # PGD steps on RD for the validation examples
+    lr: float = 0.02  # the head's step between picks: RCS.py's Coreset_lr 0.01, which it applies twice per pick
+    rd_steps: int = 3  # PGD steps on RD for the validation examples (step 1.25 * eps / rd_steps, as RCS.py)
     normalise: Literal["minmax", "softmax"] = "minmax"  # RD's row normalisation (min-max on CIFAR)
 
     def __post_init__(self) -> None:
@@ -192,24 +199,38 @@ def untrained_encoder(**settings: Any) -> RobustEncoder:
     return RobustEncoder(backbone, "random init")
 
 
+def projections(model: ACLModel, x: Tensor, config: ACLConfig, strength: float,
+                generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(z_i, z_j, adv_i, adv_j): the projections of two augmentations of `x` (`normal` branch) and of their PGD views
+    (`pgd` branch). The PGD runs with the model in eval mode, as the official `PGD_contrastive` does (ACL's
+    train_simCLR.py, DynACL's train_DynACL.py, AIR's pretraining.py), so it moves no running statistic; the
+    four projections are computed in the mode the model came in."""
+    views = torch.cat([augment(x, strength, generator), augment(x, strength, generator)])
+    training = model.training
+    model.eval()
+    try:
+        adversarial = linf_ascent(lambda v: nt_xent(*model(v, bn="pgd").chunk(2), tau=config.tau), views, config.eps,
+                                  steps=config.attack_steps, step=config.step_size, generator=generator)
+    finally:
+        model.train(training)
+    z_i, z_j = model(views, bn="normal").chunk(2)
+    adv_i, adv_j = model(adversarial, bn="pgd").chunk(2)
+    return z_i, z_j, adv_i, adv_j
+
+
 def training_loss(model: ACLModel, x: Tensor, config: ACLConfig, strength: float,
                   generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
     """The loss of `config` on the batch `x` at augmentation strength s, and its parts for the history."""
-    views = torch.cat([augment(x, strength, generator), augment(x, strength, generator)])
-    adversarial = linf_ascent(lambda v: nt_xent(*model(v, bn="pgd").chunk(2), tau=config.tau), views, config.eps,
-                              steps=config.attack_steps, step=config.step_size, generator=generator)
-    z_i, z_j = model(views, bn="normal").chunk(2)
-    adv_i, adv_j = model(adversarial, bn="pgd").chunk(2)
+    z_i, z_j, adv_i, adv_j = projections(model, x, config, strength, generator)
     natural, robust = nt_xent(z_i, z_j, config.tau), nt_xent(adv_i, adv_j, config.tau)
     weight = dynacl_weight(strength) if config.method == "dynacl" else 0.0
-    loss = acl_loss(natural, robust, weight)
     parts = {"l_nat": natural.item(), "l_adv": robust.item()}
-    if config.air:
-        z_o = model(x, bn="normal")  # the un-augmented image
-        standard, adversarial_reg = sir(z_i, z_j, z_o, config.tau), air(adv_i, adv_j, z_i, z_j, z_o, config.tau)
-        loss = loss + config.sir_weight * standard + config.air_weight * adversarial_reg
-        parts |= {"sir": standard.item(), "air": adversarial_reg.item()}
-    return loss, parts
+    if not config.air:
+        return acl_loss(natural, robust, weight), parts
+    z_o = model(x, bn="normal")  # the un-augmented image
+    standard, adversarial_reg = sir(z_i, z_j, z_o, config.tau), air(adv_i, adv_j, z_i, z_j, z_o, config.tau)
+    loss = air_objective(natural, robust, weight, standard, adversarial_reg, config.sir_weight, config.air_weight)
+    return loss, parts | {"sir": standard.item(), "air": adversarial_reg.item()}
 
 
 def select_coreset(model: ACLModel, images: Tensor, candidates: Tensor, validation: Tensor, budget: int,
@@ -219,13 +240,17 @@ def select_coreset(model: ACLModel, images: Tensor, candidates: Tensor, validati
     if rcs is None:
         raise ValueError(f"{config.name} has no RCS settings to select a coreset with")
     batches = [candidates[b] for b in shuffled_batches(len(candidates), config.batch_size, generator) if len(b) >= 2]
+
+    def batch_loss(batch: Tensor) -> Tensor:  # ACL's loss whatever the method, as RCS.py's selection
+        z_i, z_j, adv_i, adv_j = projections(model, images[batch.to(images.device)], config, strength, generator)
+        return acl_loss(nt_xent(z_i, z_j, config.tau), nt_xent(adv_i, adv_j, config.tau))
+
     model.eval()  # no running statistic moves during selection
     try:
         return greedy_batch_selection(
-            model.head, batches,
-            batch_loss=lambda b: training_loss(model, images[b.to(images.device)], config, strength, generator)[0],
-            validation_loss=lambda: rd_validation_loss(lambda v: model(v, bn="pgd"), validation, config.eps,
-                                                       steps=rcs.rd_steps, step=config.step_size,
+            model.head, batches, batch_loss,
+            validation_loss=lambda: rd_validation_loss(lambda v: model(v, bn="normal"), lambda v: model(v, bn="pgd"),
+                                                       validation, config.eps, steps=rcs.rd_steps,
                                                        normalise=rcs.normalise, generator=generator),
             budget=budget, lr=rcs.lr)
     finally:

@@ -3,10 +3,15 @@
 Kinds: `fgsm`, `pgd` (eps, step, steps, random start, restarts), `apgd-ce` (APGD on the cross-entropy alone,
 `steps` iterations: PGD with AutoAttack's adaptive step size, at PGD's cost), `apgd` (APGD-CE then APGD-T,
 AutoAttack's two gradient-based components, `steps` each: the strong attack that fits a CPU budget), `autoattack`
-(torchattacks' own composition, whose APGD / APGD-T / FAB-T run 10 iterations each) and `autoattack-original`
-(the strength of the original AutoAttack standard version: APGD-CE, APGD-T and FAB-T with 100 steps, Square
-with 5,000 queries). Use the latter for headline numbers. APGD-T and AutoAttack always get the number of
-classes and a seed.
+(torchattacks' own composition, whose APGD / APGD-T / FAB-T run 10 iterations each and target n_classes - 1
+classes) and `autoattack-original` (the strength of the original AutoAttack standard version: APGD-CE, APGD-T
+and FAB-T with 100 steps and at most 9 target classes, Square with 5,000 queries). Use the latter for headline
+numbers. The strong kinds always get the number of classes and a seed.
+
+Tasks with fewer than four classes (the original AutoAttack's `checks.check_n_classes`: the DLR loss needs three
+classes, its targeted form four): APGD-T is replaced by untargeted APGD-DLR with three classes and dropped with
+two, where APGD-CE's loss is a monotone function of the margin; FAB-T targets the n_classes - 1 other classes;
+Square's margin loss needs no change. `AttackSpec.components(n_classes)` is the list that runs and is recorded.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from torch import nn
 AttackKind = Literal["fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original"]
 KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original")
 IMPLEMENTATION = f"torchattacks {torchattacks.__version__}"
+MAX_TARGETS = 9  # the original AutoAttack's APGD-T and FAB-T target the 9 highest-scored wrong classes
+STEPS = {"autoattack": 10, "autoattack-original": 100}  # per component; the APGD kinds take the spec's steps
+SQUARE_QUERIES = 5000
 
 
 def validate_eps(eps: float) -> float:
@@ -28,6 +36,34 @@ def validate_eps(eps: float) -> float:
         hint = f" Did you mean {eps}/255 = {float(eps) / 255:.4f}?" if 1.0 < float(eps) <= 255 else ""
         raise ValueError(f"eps must lie in [0, 1] for images in [0, 1] (L-inf threat model), got {eps}.{hint}")
     return float(eps)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One torchattacks attack of a strong composition: iterations (queries for Square) and target classes."""
+
+    name: Literal["APGD-CE", "APGD-DLR", "APGD-T", "FAB-T", "Square"]
+    steps: int
+    targets: int | None = None
+
+    def __str__(self) -> str:
+        budget = f"{self.steps} queries" if self.name == "Square" else f"{self.steps} steps"
+        return f"{self.name} ({budget}" + (f", {self.targets} targets)" if self.targets is not None else ")")
+
+    def build(self, model: nn.Module, eps: float, n_classes: int, seed: int) -> torchattacks.Attack:
+        if self.name in ("APGD-CE", "APGD-DLR"):
+            return torchattacks.APGD(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
+                                     loss="ce" if self.name == "APGD-CE" else "dlr", seed=seed)
+        if self.name == "Square":
+            return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=self.steps, n_restarts=1, seed=seed)
+        if self.name == "APGD-T":
+            attack = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
+                                        n_classes=n_classes, seed=seed)
+        else:
+            attack = torchattacks.FAB(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
+                                      multi_targeted=True, n_classes=n_classes, seed=seed)
+        attack.n_target_classes = self.targets  # torchattacks would take n_classes - 1
+        return attack
 
 
 @dataclass(frozen=True)
@@ -56,26 +92,56 @@ class AttackSpec:
 
     @property
     def label(self) -> str:
-        """Short name for tables: FGSM, PGD-10, PGD-20x5 (5 restarts), AutoAttack (torchattacks), AutoAttack."""
+        """Short name for tables: FGSM, PGD-10, PGD-20x5 (5 restarts), AutoAttack (torchattacks), AutoAttack.
+
+        The strong kinds are named by their four-class composition; `components` says what ran on fewer classes."""
         if self.kind == "pgd":
             return f"PGD-{self.steps}" + (f"x{self.restarts}" if self.restarts > 1 else "")
         if self.kind in ("apgd-ce", "apgd"):
             return f"APGD-{'CE' if self.kind == 'apgd-ce' else 'CE+T'}-{self.steps}"
         return {"fgsm": "FGSM", "autoattack": "AutoAttack (torchattacks)", "autoattack-original": "AutoAttack"}[self.kind]
 
-    def settings(self) -> dict[str, Any]:
-        """Everything needed to rerun the attack, as recorded with each result."""
-        settings = {"kind": self.kind, "eps": self.eps, "norm": "Linf"}
+    @property
+    def always_perturbs(self) -> bool:
+        """Whether the attack returns its final perturbed point for every example. FGSM and single-run PGD do;
+        restarts and the strong kinds (torchattacks' MultiAttack, APGD) return the clean input wherever they
+        failed to change the prediction."""
+        return self.kind == "fgsm" or (self.kind == "pgd" and self.restarts == 1)
+
+    def components(self, n_classes: int) -> tuple[Component, ...]:
+        """The attacks the strong kinds run on an `n_classes`-way task, in order; empty for FGSM and PGD."""
+        if n_classes < 2:
+            raise ValueError(f"n_classes must be >= 2 for a classification attack, got {n_classes}")
+        if self.kind in ("fgsm", "pgd"):
+            return ()
+        steps = STEPS.get(self.kind, self.steps)
+        targets = n_classes - 1 if self.kind == "autoattack" else min(n_classes - 1, MAX_TARGETS)
+        parts = [Component("APGD-CE", steps)]
+        if self.kind == "apgd-ce":
+            return tuple(parts)
+        if n_classes >= 4:
+            parts.append(Component("APGD-T", steps, targets))
+        elif n_classes == 3:
+            parts.append(Component("APGD-DLR", steps))
+        if self.kind in STEPS:
+            parts += [Component("FAB-T", steps, targets), Component("Square", SQUARE_QUERIES)]
+        return tuple(parts)
+
+    def settings(self, n_classes: int) -> dict[str, Any]:
+        """Everything needed to rerun the attack on an `n_classes`-way task, as recorded with each result."""
+        settings: dict[str, Any] = {"kind": self.kind, "eps": self.eps, "norm": "Linf"}
         if self.kind == "pgd":
             settings |= {"steps": self.steps, "step": self.step_size, "random_start": self.random_start,
                          "restarts": self.restarts}
-        elif self.kind in ("apgd-ce", "apgd"):
-            components = "APGD-CE" if self.kind == "apgd-ce" else "APGD-CE, APGD-T"
-            settings |= {"steps": self.steps, "components": f"{components} (torchattacks)"}
+        components = self.components(n_classes)
+        if components:
+            targets = [c.targets for c in components if c.targets is not None]
+            settings |= {"n_classes": n_classes, "components": ", ".join(map(str, components)),
+                         "target_classes": targets[0] if targets else 0}
+        if self.kind in ("apgd-ce", "apgd"):
+            settings["steps"] = self.steps
         elif self.kind == "autoattack":
-            settings |= {"version": "standard", "components": "APGD-CE, APGD-T, FAB-T (10 steps each), Square 5000"}
-        elif self.kind == "autoattack-original":
-            settings |= {"components": "APGD-CE, APGD-T, FAB-T (100 steps each), Square 5000"}
+            settings["version"] = "standard"
         return settings
 
     def build(self, model: nn.Module, n_classes: int, seed: int) -> torchattacks.Attack:
@@ -87,23 +153,8 @@ class AttackSpec:
             pgd = [torchattacks.PGD(model, eps=eps, alpha=self.step_size, steps=self.steps,
                                     random_start=self.random_start) for _ in range(self.restarts)]
             return pgd[0] if self.restarts == 1 else torchattacks.MultiAttack(pgd)
-        if self.kind in ("apgd-ce", "apgd"):
-            ce = torchattacks.APGD(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1, loss="ce", seed=seed)
-            if self.kind == "apgd-ce":
-                return ce
-            return torchattacks.MultiAttack([
-                ce, torchattacks.APGDT(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
-                                       n_classes=n_classes, seed=seed),
-            ])
-        if self.kind == "autoattack":
-            return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=seed)
-        return torchattacks.MultiAttack([
-            torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
-            torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=n_classes, seed=seed),
-            torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
-                             n_classes=n_classes, seed=seed),
-            torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=seed),
-        ])
+        attacks = [c.build(model, eps, n_classes, seed) for c in self.components(n_classes)]
+        return attacks[0] if len(attacks) == 1 else torchattacks.MultiAttack(attacks)
 
 
 def pgd(eps: float, steps: int = 10, **kwargs: Any) -> AttackSpec:

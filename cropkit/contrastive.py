@@ -3,13 +3,18 @@
 - `nt_xent`: SimCLR's NT-Xent over the 2N views of a batch (the positive of view i is its other view; the other
   2N - 2 views are negatives), tau = 0.5.
 - `acl_loss`: `((1 - w) L_nat + (1 + w) L_adv) / 2`; w = 0 is ACL, w = (2/3)(1 - s) is DynACL (`dynacl_weight`).
+- `air_objective`: AIR's total as its code has it (`AIR.py`, `AIR_Loss.forward`, the returned loss):
+  `(1 - w) L_nat + (1 + w) L_adv + lambda1 SIR + lambda2 AIR`, the contrastive part *not* halved, i.e. twice
+  `acl_loss` (the paper's lambda1 = lambda2 = 0.5 thus weigh twice as much against it as against `acl_loss`).
 - `sir`, `air`: AIR's regularisers. p(y^R | x) is a softmax *across the batch* of matched-pair cosine
   similarities over tau; SIR is KL(p(x_i) || p(x_j)) between two augmentations i and j of the batch, AIR the
   same KL on the product `softmax(sim(z_i_adv, z_o)) * softmax(sim(z_i_adv, z_i))`. Both are true KL divergences
   between normalised distributions computed from log-probabilities (the public code passes probabilities where
   log-probabilities belong). Kit choice: the product is renormalised into a distribution before the KL.
 - `representational_divergence`: RCS's RD, KL(normalise(h_adv) || normalise(h)) row by row, with row-wise
-  min-max normalisation (CIFAR in the paper) or softmax (ImageNet).
+  min-max normalisation (CIFAR in the paper) or softmax (ImageNet). Kit choice: each min-max row is rescaled to
+  sum to 1 and the KL is summed per row, then averaged over rows (a true KL); the official `kl_loss` (RCS.py)
+  feeds the min-max rows (maximum 1, not distributions) to `nn.KLDivLoss(reduction='mean')`, a mean over entries.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ def dynacl_weight(strength: float) -> float:
 def acl_loss(natural: Tensor, adversarial: Tensor, weight: float = 0.0) -> Tensor:
     """`((1 - w) * natural + (1 + w) * adversarial) / 2`: ACL at w = 0, DynACL at `dynacl_weight(s)`."""
     return ((1 - weight) * natural + (1 + weight) * adversarial) / 2
+
+
+def air_objective(natural: Tensor, adversarial: Tensor, weight: float, standard: Tensor, invariant: Tensor,
+                  lambda1: float = 0.5, lambda2: float = 0.5) -> Tensor:
+    """AIR's training loss as in its official code: `(1-w) L_nat + (1+w) L_adv + lambda1 SIR + lambda2 AIR`."""
+    return 2 * acl_loss(natural, adversarial, weight) + lambda1 * standard + lambda2 * invariant
 
 
 def _log_pair_distribution(a: Tensor, b: Tensor, tau: float) -> Tensor:

@@ -215,7 +215,7 @@ def _evaluate(
         records.append(base | {
             "attack": spec.label,
             "eps": spec.eps,
-            "attack_settings": spec.settings(),
+            "attack_settings": spec.settings(data.num_classes),
             "implementation": IMPLEMENTATION,
             **accuracy_fields(robust, "robust"),
             "outcomes": {"clean": encode_outcomes(correct), "robust": encode_outcomes(robust)},

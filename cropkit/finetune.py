@@ -4,11 +4,24 @@
 trains it on adversarial examples made inside every step by PGD through the copy (METHOD.md section 3):
 - `aft`: adversarial fine-tuning (Madry et al.), CE on PGD examples of the CE; the head trains too;
 - `tecoa`: TeCoA (Mao et al. 2023), the same loss with the head fixed — for CLIP the head is the text-embedding
-  classifier of `cropkit.models.clip`, which is what keeps zero-shot transfer to other class sets possible;
-- `pmg-aft`: PMG-AFT (Wang et al. 2024), TeCoA's loss plus alpha * KL(P_orig(x_adv) || P(x_adv)), the frozen
-  original model as a guide, plus beta * KL(P(x) || P(x_adv)); KL summed over the batch as in the paper's code;
+  classifier of `cropkit.models.clip`, which is what keeps zero-shot transfer to other class sets possible. Its
+  logits are CLIP's, logit_scale * cosine, in the loss and in the PGD alike, as TeCoA's code has them
+  (ZSRobust4FoundationModel `finetuning.py`, `multiGPU_CLIP`: image embedding @ (logit_scale * text embedding).T);
+- `pmg-aft`: PMG-AFT (Wang et al. 2024) as its code has it (`PMG_AFT.py`, `train`): CE(x_adv) (batch mean) +
+  alpha * KL(P_orig(x_adv) || P(x_adv)) + beta * KL(P(x) || P(x_adv)), each KL summed over the batch
+  (`nn.KLDivLoss(reduction="sum")`, input log_softmax of the adversarial output, target softmax of the frozen
+  original's or the clean output, gradient through both), all of it and its PGD on *cosine* logits: PMG_AFT.py
+  renormalises the logit-scaled text embeddings (`multiGPU_CLIP`), so CLIP's scale cancels. The kit divides the
+  head's logits by `FinetuneConfig.temperature`, by default the head's `logit_scale` (CLIP's zero-shot head:
+  exactly the cosine logits) and, for a head without one (a linear probe), CLIP's 100 — a kit choice that
+  softens a probe's logits by the factor PMG-AFT softens CLIP's, so the batch-summed KLs do not outweigh the CE
+  by the batch size as they do on the probe's raw logits;
 - `trades`: TRADES (Zhang et al. 2019), CE(f(x), y) + beta * KL(P(x) || P(x_adv)) (batch mean), x_adv maximising
-  that KL; the AFF protocol of the adversarial contrastive learning papers (beta 6).
+  that KL (summed) in eval mode; the AFF protocol of the adversarial contrastive learning papers (beta 6), as in
+  RobustSSL_Benchmark's `trades_loss` (KL direction, reductions, one clean forward shared by CE and KL, the
+  gradient through it). Deviations: the attack starts uniformly in the eps-ball (theirs: x + 0.001 * N(0, 1));
+  an ACL encoder sends clean and adversarial images through its `pgd` BatchNorm, their `--dualBN 0` (their
+  default `trades_loss_dual` sends clean ones through `normal`).
 One training loop serves all four; runs are checkpointed every epoch, resumable, and cached by the config and
 a digest of the starting weights, so notebooks share them. Every epoch's history carries its cost
 (`cropkit.cost`): wall-clock, examples, FLOPs (attack steps included), trainable parameters, peak memory.
@@ -41,14 +54,15 @@ Method = Literal["aft", "tecoa", "pmg-aft", "trades"]
 METHODS = ("aft", "tecoa", "pmg-aft", "trades")
 TRAINS_HEAD = {"aft": True, "tecoa": False, "pmg-aft": False, "trades": True}
 DEFAULT_BETA = {"pmg-aft": 1.0, "trades": 6.0}
-RECIPE_VERSION = 1  # bump when a code change alters what fine-tuning produces for the same config
+CLIP_LOGIT_SCALE = 100.0  # exp(4.6052), the cap PMG_AFT.py and TeCoA clamp CLIP's logit scale to
+RECIPE_VERSION = 2  # bump when a code change alters what fine-tuning produces for the same config
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One robust fine-tuning run. `last_blocks=None` trains the whole foundation model; `train_head=None` takes
     the method's default (`TRAINS_HEAD`); `beta=None` the method's (`DEFAULT_BETA`); `attack_step=None` is
-    2.5 * eps / attack_steps."""
+    2.5 * eps / attack_steps; `temperature` (PMG-AFT only) divides the head's logits, None = `pmg_temperature`."""
 
     method: Method = "aft"
     eps: float = 0.1
@@ -58,6 +72,7 @@ class FinetuneConfig:
     train_head: bool | None = None
     alpha: float = 1.0
     beta: float | None = None
+    temperature: float | None = None
     epochs: int = 2
     batch_size: int = 64
     lr: float = 1e-4
@@ -73,6 +88,9 @@ class FinetuneConfig:
             raise ValueError(f"attack_steps and epochs must be >= 1, got {self.attack_steps} and {self.epochs}")
         if self.last_blocks is not None and self.last_blocks < 1:
             raise ValueError(f"last_blocks must be >= 1 or None (the whole model), got {self.last_blocks}")
+        if self.temperature is not None and (self.method != "pmg-aft" or self.temperature <= 0):
+            raise ValueError(f"temperature is PMG-AFT's and must be positive, got {self.temperature} for method "
+                             f"{self.method!r}; leave it None otherwise")
 
     @property
     def trains_head(self) -> bool:
@@ -108,13 +126,26 @@ def kl_divergence(p_logits: Tensor, q_logits: Tensor, reduction: Literal["sum", 
                     reduction=reduction)
 
 
+def pmg_temperature(config: FinetuneConfig, model: nn.Module) -> float:
+    """What PMG-AFT divides the head's logits by: `config.temperature`, else the head's `logit_scale` (CLIP's
+    zero-shot head: cosine logits, as PMG_AFT.py), else `CLIP_LOGIT_SCALE` (module docstring)."""
+    if config.temperature is not None:
+        return config.temperature
+    return float(getattr(getattr(model, "head", None), "logit_scale", CLIP_LOGIT_SCALE))
+
+
 def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneConfig, x: Tensor, y: Tensor,
                   generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
     """The training loss of `config.method` on one batch, and its parts for the history (module docstring).
 
     `guide` is the frozen original pipeline (PMG-AFT only). The adversarial examples are made with the model in
-    eval mode, as the reference implementations do.
+    eval mode (RobustSSL's TRADES does so; TeCoA's and PMG-AFT's CLIP tower has no layer that differs).
     """
+    scale = pmg_temperature(config, model) if config.method == "pmg-aft" else 1.0
+
+    def logits(network: nn.Module, v: Tensor) -> Tensor:
+        return network(v) / scale
+
     training = model.training
     model.eval()
     if config.method == "trades":
@@ -123,13 +154,13 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
         x_adv = linf_ascent(lambda v: kl_divergence(clean_logits, model(v), "sum"), x, config.eps,
                             steps=config.attack_steps, step=config.step_size, generator=generator)
     else:
-        x_adv = linf_ascent(lambda v: F.cross_entropy(model(v), y), x, config.eps, steps=config.attack_steps,
+        x_adv = linf_ascent(lambda v: F.cross_entropy(logits(model, v), y), x, config.eps, steps=config.attack_steps,
                             step=config.step_size, generator=generator)
     model.train(training)
-    adv_logits = model(x_adv)
+    adv_logits = logits(model, x_adv)
     if config.method == "trades":
-        clean_ce = F.cross_entropy(model(x), y)
-        kl = kl_divergence(model(x), adv_logits, "batchmean")  # recomputed: the attack's clean logits hold no graph
+        clean = model(x)  # one forward for both terms; the attack's clean logits hold no graph
+        clean_ce, kl = F.cross_entropy(clean, y), kl_divergence(clean, adv_logits, "batchmean")
         return clean_ce + config.kl_weight * kl, {"clean_ce": clean_ce.item(), "kl": kl.item()}
     adv_ce = F.cross_entropy(adv_logits, y)
     if config.method != "pmg-aft":
@@ -137,9 +168,9 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
     if guide is None:
         raise ValueError("PMG-AFT needs the frozen original model as its guide")
     with torch.no_grad():
-        guide_logits = guide(x_adv)
+        guide_logits = logits(guide, x_adv)
     kl_guide = kl_divergence(guide_logits, adv_logits, "sum")
-    kl_clean = kl_divergence(model(x), adv_logits, "sum")
+    kl_clean = kl_divergence(logits(model, x), adv_logits, "sum")
     loss = adv_ce + config.alpha * kl_guide + config.kl_weight * kl_clean
     return loss, {"adv_ce": adv_ce.item(), "kl_guide": kl_guide.item(), "kl_clean": kl_clean.item()}
 

@@ -4,7 +4,9 @@
   linear head is fitted on them (`cropkit.heads`); the head is cached by the stack's weights and the data.
 - ALF (adversarial linear fine-tuning): starting from the SLF head, the head is trained on adversarial
   examples made by attacking the *whole* pipeline each step (PGD through pre-processor, foundation model and
-  head); the stack stays frozen.
+  head); the stack stays frozen. As in the ACL papers' ALF (RobustSSL_Benchmark's `train_loop`, mode 'ALF': the
+  final iterate of PGD-10 for every example), the head always trains on the attack's perturbed point, so only
+  attacks that return one for every example (FGSM, single-run PGD) are accepted.
 """
 
 from __future__ import annotations
@@ -67,7 +69,12 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
 
     SGD (momentum 0.9, weight decay 2e-4, cosine schedule) on the cross-entropy of `attack`'s examples, made
     afresh for every batch. Returns the new pipeline (sharing the frozen stack) and per-epoch loss / accuracy.
+    PGD restarts and the strong kinds are refused: they return the clean input wherever they fail to change
+    the prediction, so the head would train on clean images there.
     """
+    if not attack.always_perturbs:
+        raise ValueError(f"ALF trains on the attack's perturbed point for every example, but {attack.label} returns "
+                         "the clean input where it fails; pass a single-run PGD such as pgd(eps, 10) as `attack`")
     pipeline = Pipeline(slf.preprocessor, slf.foundation, copy.deepcopy(slf.head))
     device = next(pipeline.parameters()).device
     head = pipeline.head.requires_grad_(True)

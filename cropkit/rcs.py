@@ -5,6 +5,12 @@ batch's gradient of the training loss is taken once; then, until the budget is f
 has the largest inner product with the gradient of the validation loss (the representational divergence RD of
 PGD examples, `rd_validation_loss`) is picked, the head takes one SGD step along that batch's gradient, and the
 validation gradient is recomputed. The head's parameters are restored afterwards, bit for bit.
+
+As in the official code (`ACL_RCS/small_scale_datasets/RCS.py`, `RCS.update_subset_indice`): the gradients are
+those of the head's linear layers only (parameters named 'fc', not the BatchNorms), and the inner product is taken
+between their summaries `grad.mean(dim=0)` per parameter (for a weight, its mean over output units), while the
+step uses the full gradients. Kit choice: the last pick is cut to fill the budget exactly (the code picks
+`int(budget / batch_size)` whole batches).
 """
 
 from __future__ import annotations
@@ -21,40 +27,44 @@ from cropkit.losses import linf_ascent
 
 def greedy_batch_selection(
     head: nn.Module, batches: Sequence[Tensor], batch_loss: Callable[[Tensor], Tensor],
-    validation_loss: Callable[[], Tensor], budget: int, lr: float = 0.01,
+    validation_loss: Callable[[], Tensor], budget: int, lr: float = 0.02,
 ) -> Tensor:
     """Exactly `budget` indices, taken from the `batches` (index tensors) in the order they were picked.
 
-    `batch_loss(batch)` and `validation_loss()` are losses whose gradients are taken with respect to `head`'s
-    parameters only. The last pick is cut to fill the budget exactly. `head` is unchanged on return.
+    `batch_loss(batch)` and `validation_loss()` are losses whose gradients are taken with respect to the parameters
+    of `head`'s `nn.Linear` layers only. The last pick is cut to fill the budget exactly. `head` is unchanged on
+    return.
     """
     available = sum(len(b) for b in batches)
     if not 0 < budget <= available:
         raise ValueError(f"budget must lie in 1..{available} (the candidates' size), got {budget}")
-    params = [p for p in head.parameters() if p.requires_grad]
+    params = [p for m in head.modules() if isinstance(m, nn.Linear) for p in m.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the head has no trainable parameters to take gradients of")
+        raise ValueError("the head has no trainable linear layer to take gradients of")
 
-    def gradient(loss: Tensor) -> Tensor:
-        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)  # a BN branch may be unused
-        return torch.cat([g.flatten() for g in grads])
+    def gradients(loss: Tensor) -> tuple[Tensor, ...]:
+        return torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)  # a BN branch may be unused
+
+    def summary(grads: Sequence[Tensor]) -> Tensor:
+        return torch.cat([g.mean(dim=0).flatten() for g in grads])
 
     saved = [p.detach().clone() for p in params]
     try:
-        candidates = torch.stack([gradient(batch_loss(batch)) for batch in batches])
+        full = [gradients(batch_loss(batch)) for batch in batches]
+        candidates = torch.stack([summary(g) for g in full])
         open_ = torch.ones(len(batches), dtype=torch.bool, device=candidates.device)
         chosen: list[Tensor] = []
         remaining = budget
         while remaining > 0:
-            scores = (candidates @ gradient(validation_loss())).masked_fill(~open_, float("-inf"))
+            scores = (candidates @ summary(gradients(validation_loss()))).masked_fill(~open_, float("-inf"))
             best = int(scores.argmax())
             open_[best] = False
             chosen.append(batches[best][:remaining])
             remaining -= len(chosen[-1])
             if remaining > 0:
                 with torch.no_grad():  # one SGD step of the head along the picked batch's gradient
-                    for p, g in zip(params, candidates[best].split([p.numel() for p in params])):
-                        p.sub_(lr * g.view_as(p))
+                    for p, g in zip(params, full[best]):
+                        p.sub_(lr * g)
     finally:
         with torch.no_grad():
             for p, original in zip(params, saved):
@@ -62,12 +72,17 @@ def greedy_batch_selection(
     return torch.cat(chosen)
 
 
-def rd_validation_loss(model: Callable[[Tensor], Tensor], x: Tensor, eps: float, *, steps: int = 3,
-                       step: float | None = None, normalise: Literal["minmax", "softmax"] = "minmax",
+def rd_validation_loss(clean: Callable[[Tensor], Tensor], adversarial: Callable[[Tensor], Tensor], x: Tensor,
+                       eps: float, *, steps: int = 3, step: float | None = None,
+                       normalise: Literal["minmax", "softmax"] = "minmax",
                        generator: torch.Generator | None = None) -> Tensor:
-    """RD between `model`'s outputs on PGD examples (`steps` steps maximising RD) and on `x` itself."""
-    h = model(x)
+    """RD between `adversarial`'s outputs on PGD examples (`steps` steps maximising RD) and `clean`'s on `x`.
+
+    The official code passes clean images through the `normal` BatchNorm branch and adversarial ones through
+    `pgd`; its step is 10/255 / steps at eps 8/255, i.e. the default 1.25 * eps / steps here.
+    """
+    h = clean(x)
     target = h.detach()
-    x_adv = linf_ascent(lambda v: representational_divergence(model(v), target, normalise), x, eps, steps=steps,
-                        step=step, generator=generator)
-    return representational_divergence(model(x_adv), h, normalise)
+    x_adv = linf_ascent(lambda v: representational_divergence(adversarial(v), target, normalise), x, eps, steps=steps,
+                        step=1.25 * eps / steps if step is None else step, generator=generator)
+    return representational_divergence(adversarial(x_adv), h, normalise)

@@ -6,13 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from cropkit import acl, rcs
 from cropkit.acl import (ACLConfig, RCSConfig, build_model, pretrain_acl, select_coreset, training_loss,
                          untrained_encoder)
 from cropkit.augment import augment, dynacl_strength
-from cropkit.contrastive import acl_loss, air, dynacl_weight, nt_xent, representational_divergence, sir
+from cropkit.contrastive import acl_loss, air, air_objective, dynacl_weight, nt_xent, representational_divergence, sir
 from cropkit.losses import linf_ascent
 from cropkit.models import Pipeline
-from cropkit.models.resnet import ACLModel, ResNet
+from cropkit.models.resnet import ACLModel, DualBatchNorm, ResNet
 from cropkit.rcs import greedy_batch_selection
 
 TINY = dict(dataset="mnist5k", width=2, blocks_per_stage=1, batch_size=16, eps=0.1, warmup_epochs=0, seed=0)
@@ -216,10 +217,72 @@ def test_pretrain_resumes_after_an_interruption(tmp_path, monkeypatch, interrupt
                                                   straight.model.state_dict().values()))
 
 
-def test_training_loss_parts(digit_data, digits):
-    config = ACLConfig(method="acl", air=True, epochs=1, attack_steps=1, **TINY)
+@pytest.mark.parametrize("method, strength", [("acl", 1.0), ("dynacl", 0.25)])
+def test_air_total_is_the_official_unhalved_sum(digit_data, digits, method, strength):
+    config = ACLConfig(method=method, air=True, epochs=1, attack_steps=1, **TINY)
     model = build_model(config, digit_data).train()
-    loss, parts = training_loss(model, digits[:8], config, 1.0, torch.Generator().manual_seed(0))
+    loss, parts = training_loss(model, digits[:8], config, strength, torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and set(parts) == {"l_nat", "l_adv", "sir", "air"}
-    assert loss.item() == pytest.approx((parts["l_nat"] + parts["l_adv"]) / 2 + 0.5 * parts["sir"] + 0.5 * parts["air"],
-                                        rel=1e-5)
+    w = dynacl_weight(strength) if method == "dynacl" else 0.0  # AIR.py: (1-w) L_nat + (1+w) L_adv + 0.5 SIR + 0.5 AIR
+    expected = (1 - w) * parts["l_nat"] + (1 + w) * parts["l_adv"] + 0.5 * parts["sir"] + 0.5 * parts["air"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    two, four, one, three = (torch.tensor(v) for v in (2.0, 4.0, 1.0, 3.0))
+    assert air_objective(two, four, 0.5, one, three) == 0.5 * 2 + 1.5 * 4 + 0.5 * 1 + 0.5 * 3
+    plain, plain_parts = training_loss(model, digits[:8], ACLConfig(method=method, epochs=1, attack_steps=1, **TINY),
+                                       strength, torch.Generator().manual_seed(0))
+    halved = ((1 - w) * plain_parts["l_nat"] + (1 + w) * plain_parts["l_adv"]) / 2  # DynACL without AIR: halved
+    assert plain.item() == pytest.approx(halved, rel=1e-5)
+
+
+def test_adversarial_views_leave_the_pgd_running_statistics_alone(digit_data, digits):
+    config = ACLConfig(method="acl", epochs=1, attack_steps=3, **TINY)
+    model = build_model(config, digit_data).train()
+    norms = [m for m in model.modules() if isinstance(m, DualBatchNorm)]
+    before = [m.pgd.running_mean.clone() for m in norms]
+    training_loss(model, digits[:8], config, 1.0, torch.Generator().manual_seed(0))
+    assert model.training
+    # the 3 attack steps ran in eval mode; the one training forward of the adversarial views updated `pgd` once
+    assert all(m.pgd.num_batches_tracked == 1 and m.normal.num_batches_tracked == 1 for m in norms)
+    assert all(not torch.equal(m.pgd.running_mean, b) for m, b in zip(norms, before))
+
+
+def test_rcs_scores_batches_by_the_linear_layers_mean_gradients_as_the_official_code():
+    head = nn.Sequential(nn.Linear(2, 2, bias=False), nn.BatchNorm1d(2))
+    validation = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # column means (1, 0)
+    directions = {0: torch.tensor([[1.0, 0.0], [1.0, 0.0]]),  # full inner product 2, column means' 1
+                  1: torch.tensor([[0.0, 0.0], [3.0, 0.0]])}  # full inner product 0, column means' 1.5
+    batches = [torch.arange(0, 2), torch.arange(2, 4)]
+
+    def batch_loss(batch: torch.Tensor) -> torch.Tensor:  # the BatchNorm's gradient must not count
+        return (head[0].weight * directions[int(batch[0]) // 2]).sum() + 100 * head[1].weight.sum()
+
+    def validation_loss() -> torch.Tensor:
+        return (head[0].weight * validation).sum() + head[1].weight.sum()
+
+    assert greedy_batch_selection(head, batches, batch_loss, validation_loss, budget=2).tolist() == [2, 3]
+
+
+def test_rcs_selection_uses_the_official_branches_loss_and_validation_attack(digit_data, digits, monkeypatch):
+    config = ACLConfig(method="dynacl", air=True, rcs=RCSConfig(warmup=0, interval=1), epochs=1, attack_steps=1, **TINY)
+    model = build_model(config, digit_data)
+    validation = digits[:4]
+    clean_branches, regularisers, validation_attacks = [], [], []
+    forward = model.forward
+
+    def spy(x: torch.Tensor, bn: str) -> torch.Tensor:
+        if x.data_ptr() == validation.data_ptr():
+            clean_branches.append(bn)
+        return forward(x, bn)
+
+    def attack(*args, **kwargs):
+        validation_attacks.append((kwargs["steps"], kwargs["step"]))
+        return linf_ascent(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(acl, "sir", lambda *args: regularisers.append("sir") or sir(*args))
+    monkeypatch.setattr(rcs, "linf_ascent", attack)
+    select_coreset(model, digits, torch.arange(4, 44), validation, 21, config, 1.0, torch.Generator().manual_seed(0))
+    assert clean_branches and set(clean_branches) == {"normal"}  # RD's clean side through `normal`, never `pgd`
+    assert not regularisers  # a candidate batch's gradient is that of ACL's loss, not AIR's objective
+    assert validation_attacks and all(steps == 3 and step == pytest.approx(1.25 * 0.1 / 3)  # 10/255 / 3 at 8/255
+                                      for steps, step in validation_attacks)

@@ -8,7 +8,9 @@ import numpy as np
 
 import pytest
 import torch
+import torchattacks
 
+from cropkit import attacks
 from cropkit.attacks import AttackSpec, pgd, validate_eps
 from cropkit.evaluate import attack_batches, evaluate, predict
 from cropkit.results import load_records
@@ -32,24 +34,75 @@ def test_eps_in_pixel_units_gets_a_hint():
 def test_spec_labels_settings_and_errors():
     spec = pgd(0.1, steps=20, restarts=3)
     assert spec.label == "PGD-20x3" and spec.step_size == pytest.approx(2.5 * 0.1 / 20)
-    assert spec.settings() | {"steps": 20} == spec.settings() and spec.settings()["restarts"] == 3
+    assert spec.settings(10) | {"steps": 20} == spec.settings(10) and spec.settings(10)["restarts"] == 3
     assert AttackSpec("autoattack-original", 0.1).label == "AutoAttack"
     assert AttackSpec("apgd-ce", 0.1, steps=5).label == "APGD-CE-5"
     with pytest.raises(ValueError, match="Unknown attack"):
         AttackSpec("cw", 0.1)
+    with pytest.raises(ValueError, match="n_classes"):
+        AttackSpec("apgd", 0.1).components(1)
 
 
 def test_autoattack_always_gets_classes_and_seed(tiny_pipeline):
     ours = AttackSpec("autoattack", 0.1).build(tiny_pipeline, n_classes=7, seed=3)
-    components = ours._autoattack.attacks
-    assert [type(a).__name__ for a in components] == ["APGD", "APGDT", "FAB", "Square"]
-    assert components[1].n_target_classes == 6 and components[1].seed == 3
+    assert [type(a).__name__ for a in ours.attacks] == ["APGD", "APGDT", "FAB", "Square"]
+    assert [a.seed for a in ours.attacks] == [3] * 4
+    assert ours.attacks[1].n_target_classes == 6 and ours.attacks[2].n_target_classes == 6
     original = AttackSpec("autoattack-original", 0.1).build(tiny_pipeline, n_classes=7, seed=3)
     assert [a.steps for a in original.attacks[:3]] == [100, 100, 100] and original.attacks[3].n_queries == 5000
     apgd = AttackSpec("apgd", 0.1, steps=25).build(tiny_pipeline, n_classes=7, seed=3)
     assert [type(a).__name__ for a in apgd.attacks] == ["APGD", "APGDT"] and apgd.attacks[1].n_target_classes == 6
     apgd_ce = AttackSpec("apgd-ce", 0.1, steps=25).build(tiny_pipeline, n_classes=7, seed=3)
     assert type(apgd_ce).__name__ == "APGD" and apgd_ce.loss == "ce" and apgd_ce.steps == 25
+
+
+def test_original_autoattack_targets_at_most_nine_classes_and_records_it(tiny_pipeline):
+    original = AttackSpec("autoattack-original", 8 / 255).build(tiny_pipeline, n_classes=100, seed=0)
+    assert [a.n_target_classes for a in original.attacks[1:3]] == [9, 9]
+    settings = AttackSpec("autoattack-original", 8 / 255).settings(100)
+    assert settings["target_classes"] == 9 and settings["n_classes"] == 100
+    assert "APGD-T (100 steps, 9 targets)" in settings["components"]
+    assert AttackSpec("apgd", 8 / 255).settings(100)["target_classes"] == 9
+    assert AttackSpec("autoattack", 8 / 255).settings(100)["target_classes"] == 99  # torchattacks' own choice
+
+
+def tiny_classifier(n_classes: int) -> torch.nn.Module:
+    """A seeded linear classifier of 3x8x8 images in [0, 1]: fast enough to run every strong attack."""
+    torch.manual_seed(n_classes)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, n_classes)).eval()
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("kind", ["apgd-ce", "apgd", "autoattack", "autoattack-original"])
+def test_strong_attacks_run_on_two_and_three_classes(monkeypatch, n_classes, kind):
+    monkeypatch.setattr(attacks, "STEPS", {"autoattack": 3, "autoattack-original": 4})  # budgets for a unit test
+    monkeypatch.setattr(attacks, "SQUARE_QUERIES", 20)
+    model, eps = tiny_classifier(n_classes), 0.003  # small: some examples survive APGD and meet FAB-T and Square
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(dim=1)
+    spec = AttackSpec(kind, eps, steps=3)
+    x_adv = attack_batches(model, spec, x, y, n_classes=n_classes, seed=0)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
+    names = [c.name for c in spec.components(n_classes)]
+    assert "APGD-T" not in names and ("APGD-DLR" in names) == (n_classes == 3 and kind != "apgd-ce")
+    if kind.startswith("autoattack"):
+        assert (model(x_adv).argmax(dim=1) == y).any(), "no survivor: FAB-T and Square were not exercised"
+        assert spec.settings(n_classes)["target_classes"] == n_classes - 1
+
+
+def test_autoattack_composition_equals_torchattacks_own_on_ten_classes(monkeypatch):
+    monkeypatch.setattr(attacks, "SQUARE_QUERIES", 20)
+    model = tiny_classifier(10)
+    x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(dim=1)
+    theirs = torchattacks.AutoAttack(model, norm="Linf", eps=0.02, version="standard", n_classes=10, seed=1)
+    theirs._autoattack.attacks[3].n_queries = 20
+    torch.manual_seed(0)
+    expected = theirs(x, y)
+    flipped = model(expected).argmax(dim=1) != y
+    assert 2 < flipped.sum() < 8  # APGD-CE leaves some for the later components, and not all fall
+    torch.manual_seed(0)
+    assert torch.equal(AttackSpec("autoattack", 0.02).build(model, n_classes=10, seed=1)(x, y), expected)
 
 
 def test_large_eps_pgd_breaks_identity_pipeline_and_gradients_flow(tiny_pipeline, mnist):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from cropkit.attacks import pgd
+from cropkit.attacks import AttackSpec, pgd
 from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
 from cropkit.models import FoundationModel
 from cropkit.models.autoencoder import ConvAutoEncoder, ViTAutoEncoder, build_autoencoder, parameter_fraction
@@ -150,3 +150,15 @@ def test_slf_and_alf_change_only_the_head(tiny_foundation, mnist):
     assert not any(p.requires_grad for p in alf.parameters()) and history[0]["adv_loss"] > 0
     assert history[0]["examples"] == 128 and history[0]["flops"] > 0
     assert history[0]["trainable_parameters"] == sum(p.numel() for p in slf.head.parameters())
+
+
+@pytest.mark.parametrize("attack", [AttackSpec("apgd-ce", 1e-4, steps=2), AttackSpec("apgd", 1e-4, steps=2),
+                                    pgd(1e-4, steps=2, restarts=2)])
+def test_alf_refuses_attacks_that_return_clean_inputs_where_they_fail(tiny_pipeline, mnist, attack):
+    x, y = mnist[1].take(16).tensors()
+    keep = tiny_pipeline(x).argmax(1) == y
+    x_adv = attack.build(tiny_pipeline, n_classes=10, seed=0)(x[keep], y[keep])
+    assert torch.equal(x_adv, x[keep])  # nothing flips at this eps, and the attack hands back the clean images
+    assert not torch.equal(pgd(1e-4, steps=2).build(tiny_pipeline, n_classes=10, seed=0)(x, y), x)
+    with pytest.raises(ValueError, match="perturbed point"):
+        fit_alf(tiny_pipeline, mnist[0].take(32), attack, epochs=1, progress=False)

@@ -6,8 +6,11 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from cropkit.finetune import FinetuneConfig, finetune_loss, finetune_robust, kl_divergence
+from cropkit import finetune
+from cropkit.finetune import FinetuneConfig, finetune_loss, finetune_robust, kl_divergence, pmg_temperature
 from cropkit.models.clip import TEMPLATE, load_clip
 
 
@@ -32,9 +35,70 @@ def test_pmg_aft_kl_terms_vanish_at_the_original_model_without_attack(tiny_pipel
     assert parts["kl_clean"] > 1e-3  # an attack moves the prediction; the guide sees the same x_adv, so it agrees
     assert parts["kl_guide"] == pytest.approx(0, abs=1e-5)
     with torch.no_grad():
-        model.head.linear.bias += torch.linspace(-1, 1, 10)
+        model.head.linear.bias += torch.linspace(-10, 10, 10)  # PMG-AFT divides a probe's logits by 100
     _, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.0), x, y)
     assert parts["kl_guide"] > 1e-3
+
+
+def spy_on_attacks(monkeypatch) -> list[tuple[float, torch.Tensor]]:
+    """Record, for every attack `finetune_loss` makes, its loss at the clean input and the examples it returns."""
+    made, real = [], finetune.linf_ascent
+
+    def attack(loss_of_input, x, eps, **kwargs):
+        made.append((loss_of_input(x).item(), real(loss_of_input, x, eps, **kwargs)))
+        return made[-1][1]
+
+    monkeypatch.setattr(finetune, "linf_ascent", attack)
+    return made
+
+
+def test_pmg_aft_is_its_code_on_cosine_logits_for_clip(tiny_clip_dir, mnist, monkeypatch):
+    guide = load_clip(tiny_clip_dir).pipeline([str(i) for i in range(10)])
+    model = copy.deepcopy(guide)
+    with torch.no_grad():
+        model.foundation.projection.weight.add_(0.5 * torch.randn_like(model.foundation.projection.weight))
+    x, y = mnist[1].take(8).tensors()
+
+    def cosine(pipeline: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:  # PMG_AFT.py's logits: no logit scale
+        return F.normalize(pipeline.foundation(v), dim=-1) @ pipeline.head.text.T
+
+    assert pmg_temperature(FinetuneConfig(method="pmg-aft"), model) == pytest.approx(guide.head.logit_scale)
+    loss, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.0), x, y)
+    ours, original = cosine(model, x), cosine(guide, x).softmax(dim=1)
+    # nn.KLDivLoss(reduction="sum")(log_softmax(adversarial output), softmax(original output))
+    kl_guide = (original * (original.log() - ours.log_softmax(dim=1))).sum()
+    assert parts["adv_ce"] == pytest.approx(F.cross_entropy(ours, y).item(), rel=1e-4)
+    assert parts["kl_guide"] == pytest.approx(kl_guide.item(), rel=1e-4) and parts["kl_clean"] == pytest.approx(0)
+    assert loss.item() == pytest.approx(parts["adv_ce"] + parts["kl_guide"], rel=1e-4)
+    made = spy_on_attacks(monkeypatch)
+    finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.01, attack_steps=1), x, y)
+    assert made[0][0] == pytest.approx(F.cross_entropy(ours, y).item(), rel=1e-4)  # its PGD: CE on cosine logits
+
+
+def test_pmg_aft_softens_a_linear_probe_by_clip_logit_scale(tiny_pipeline, mnist):
+    x, y = mnist[1].take(16).tensors()
+    assert pmg_temperature(FinetuneConfig(method="pmg-aft"), tiny_pipeline) == 100.0
+    config = FinetuneConfig(method="pmg-aft", eps=0.0)
+    _, parts = finetune_loss(copy.deepcopy(tiny_pipeline), tiny_pipeline, config, x, y)
+    assert parts["adv_ce"] == pytest.approx(F.cross_entropy(tiny_pipeline(x) / 100, y).item(), rel=1e-4)
+    _, parts = finetune_loss(copy.deepcopy(tiny_pipeline), tiny_pipeline,
+                             FinetuneConfig(method="pmg-aft", eps=0.0, temperature=1.0), x, y)
+    assert parts["adv_ce"] == pytest.approx(F.cross_entropy(tiny_pipeline(x), y).item(), rel=1e-4)
+
+
+def test_trades_is_robustssl_trades_loss(mnist, monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+    x, y = mnist[1].take(16).tensors()
+    made = spy_on_attacks(monkeypatch)
+    loss, parts = finetune_loss(model.train(), None, FinetuneConfig(method="trades", eps=0.1, attack_steps=2), x, y)
+    assert model[2].num_batches_tracked == 2  # one clean and one adversarial forward in train mode, as trades_loss
+    clean, adversarial = model(x), model(made[0][1])  # train mode: batch statistics, the same outputs again
+    p = clean.softmax(dim=1)
+    kl = (p * (p.log() - adversarial.log_softmax(dim=1))).sum() / len(x)  # KL(P(x) || P(x_adv)), batch mean
+    assert parts["clean_ce"] == pytest.approx(F.cross_entropy(clean, y).item(), rel=1e-4)
+    assert parts["kl"] == pytest.approx(kl.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(parts["clean_ce"] + 6 * parts["kl"], rel=1e-4)
 
 
 def test_kl_divergence_is_a_true_kl():
@@ -82,6 +146,10 @@ def test_bad_configs_are_refused():
         FinetuneConfig(eps=8)
     with pytest.raises(ValueError, match="last_blocks"):
         FinetuneConfig(last_blocks=0)
+    with pytest.raises(ValueError, match="temperature"):
+        FinetuneConfig(method="tecoa", temperature=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        FinetuneConfig(method="pmg-aft", temperature=0.0)
 
 
 def test_clip_zero_shot_pipeline_offline_and_tecoa_keeps_the_text_head(tiny_clip_dir, mnist, cache):
