@@ -55,7 +55,9 @@ METHODS = ("aft", "tecoa", "pmg-aft", "trades")
 TRAINS_HEAD = {"aft": True, "tecoa": False, "pmg-aft": False, "trades": True}
 DEFAULT_BETA = {"pmg-aft": 1.0, "trades": 6.0}
 CLIP_LOGIT_SCALE = 100.0  # exp(4.6052), the cap PMG_AFT.py and TeCoA clamp CLIP's logit scale to
-RECIPE_VERSION = 2  # bump when a code change alters what fine-tuning produces for the same config
+# Bump when a code change alters what fine-tuning produces for the same config (it keys the cache); 2: PMG-AFT's
+# logits, TRADES' single clean forward; 3: the history records the accuracy on each step's own PGD examples.
+RECIPE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -158,13 +160,16 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
                             step=config.step_size, generator=generator)
     model.train(training)
     adv_logits = logits(model, x_adv)
+    # The accuracy on the step's own adversarial examples: whether the model is becoming robust at all.
+    adv_accuracy = (adv_logits.argmax(dim=1) == y).float().mean().item()
     if config.method == "trades":
         clean = model(x)  # one forward for both terms; the attack's clean logits hold no graph
         clean_ce, kl = F.cross_entropy(clean, y), kl_divergence(clean, adv_logits, "batchmean")
-        return clean_ce + config.kl_weight * kl, {"clean_ce": clean_ce.item(), "kl": kl.item()}
+        return clean_ce + config.kl_weight * kl, {"clean_ce": clean_ce.item(), "kl": kl.item(),
+                                                  "adv_accuracy": adv_accuracy}
     adv_ce = F.cross_entropy(adv_logits, y)
     if config.method != "pmg-aft":
-        return adv_ce, {"adv_ce": adv_ce.item()}
+        return adv_ce, {"adv_ce": adv_ce.item(), "adv_accuracy": adv_accuracy}
     if guide is None:
         raise ValueError("PMG-AFT needs the frozen original model as its guide")
     with torch.no_grad():
@@ -172,7 +177,8 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
     kl_guide = kl_divergence(guide_logits, adv_logits, "sum")
     kl_clean = kl_divergence(logits(model, x), adv_logits, "sum")
     loss = adv_ce + config.alpha * kl_guide + config.kl_weight * kl_clean
-    return loss, {"adv_ce": adv_ce.item(), "kl_guide": kl_guide.item(), "kl_clean": kl_clean.item()}
+    return loss, {"adv_ce": adv_ce.item(), "kl_guide": kl_guide.item(), "kl_clean": kl_clean.item(),
+                  "adv_accuracy": adv_accuracy}
 
 
 def unfreeze(pipeline: Pipeline, config: FinetuneConfig) -> list[nn.Parameter]:

@@ -37,15 +37,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--foundation", default="embedded", help="as notebook 06's `foundation` (a smoke run: a tiny one)")
+    parser.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES))
+    parser.add_argument("--steps", type=int, nargs="+", default=list(ATTACK_STEPS))
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--n-train", type=int, default=N_TRAIN)
     args = parser.parse_args()
     train = load_dataset("mnist5k", "train")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     validation = replace(train, images=train.images[order[:N_VALIDATION]], labels=train.labels[order[:N_VALIDATION]])
     fitting = replace(train, images=train.images[order[N_VALIDATION:]], labels=train.labels[order[N_VALIDATION:]])
-    start = fit_slf(None, load_foundation("embedded"), fitting)
+    start = fit_slf(None, load_foundation(args.foundation), fitting)
     rows = []
-    for method, lr, steps in itertools.product(args.methods, LEARNING_RATES, ATTACK_STEPS):
-        config = FinetuneConfig(method=method, eps=EPS, lr=lr, attack_steps=steps, epochs=EPOCHS, n_train=N_TRAIN)
+    for method, lr, steps in itertools.product(args.methods, args.lr, args.steps):
+        config = FinetuneConfig(method=method, eps=EPS, lr=lr, attack_steps=steps, epochs=args.epochs,
+                                n_train=args.n_train)
         run = finetune_robust(start, fitting, config)
         (record,) = evaluate(run.pipeline, validation, [pgd(EPS, 10)], model_name=config.name)
         rows.append({"method": method, "lr": lr, "attack_steps": steps, "config": asdict(config),
@@ -58,8 +64,9 @@ def main() -> None:
     best = {m: max((r for r in rows if r["method"] == m), key=lambda r: (r["validation_pgd10"], r["validation_clean"]))
             for m in args.methods}
     args.out.write_text(json.dumps({"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(),
-                                    "grid": {"lr": LEARNING_RATES, "attack_steps": ATTACK_STEPS, "epochs": EPOCHS,
-                                             "n_train": N_TRAIN, "n_validation": N_VALIDATION, "eps": EPS},
+                                    "grid": {"lr": args.lr, "attack_steps": args.steps, "epochs": args.epochs,
+                                             "n_train": args.n_train, "n_validation": N_VALIDATION, "eps": EPS,
+                                             "foundation": args.foundation},
                                     "runs": rows, "chosen": {m: {"lr": r["lr"], "attack_steps": r["attack_steps"]}
                                                              for m, r in best.items()},
                                     **provenance("cpu")}, indent=1) + "\n")

@@ -123,6 +123,7 @@ def test_finetuning_changes_only_the_intended_parameters(tiny_pipeline, mnist, c
     assert any(n.startswith("head.") for n in moved) == head_trains
     entry = result.history[0]
     assert entry["examples"] == 64 and entry["flops"] > 0 and entry["trainable_parameters"] > 0
+    assert 0 <= entry["train_adv_accuracy"] <= 1  # what notebook 06 draws to show whether robustness is rising
     assert not any(p.requires_grad for p in result.pipeline.parameters())
 
 
