@@ -23,6 +23,7 @@ from cropkit.data import ImageData
 from cropkit.heads import extract_features, train_linear_head
 from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
 from cropkit.models import Pipeline
+from cropkit.validate import Summary, head_classes, integer, positive, require
 
 
 def fit_slf(preprocessor: nn.Module | None, foundation: nn.Module, train: ImageData, *,
@@ -44,6 +45,17 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     SGD (momentum 0.9, weight decay 2e-4, cosine schedule) on the cross-entropy of `attack`'s examples, made
     afresh for every batch. Returns the new pipeline (sharing the frozen stack) and per-epoch loss / accuracy.
     """
+    require(isinstance(attack, AttackSpec), "attack", attack, "not an AttackSpec", "pass e.g. pgd(eps, steps=10)")
+    integer(1, why="0 epochs would return the SLF head as an ALF one")("epochs", epochs)
+    positive("lr", lr)
+    integer(1)("batch_size", batch_size)
+    integer(0)("seed", seed)
+    require(isinstance(train, ImageData) and len(train) > 0, "train", train, "not a non-empty ImageData",
+            "load it with cropkit.data.load_dataset(name, 'train')")
+    classes = head_classes(slf, train[0][0][None])
+    require(classes == train.num_classes, "slf", Summary(f"a head with {classes} classes"),
+            f"the training set {train.name!r} has {train.num_classes} classes", "start ALF from an SLF head fitted "
+            "on this dataset (fit_slf)")
     pipeline = Pipeline(slf.preprocessor, slf.foundation, copy.deepcopy(slf.head))
     device = next(pipeline.parameters()).device
     head = pipeline.head.requires_grad_(True)
