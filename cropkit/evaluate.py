@@ -23,6 +23,7 @@ from cropkit.attacks import IMPLEMENTATION, AttackSpec
 from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
 from cropkit.results import append_records, provenance
+from cropkit.validate import check_adversarial, check_evaluation
 
 
 class _Fp32Logits(nn.Module):
@@ -71,8 +72,7 @@ def attack_batches(
         x, y = image_batches[b].to(device, non_blocking=True), label_batches[b].to(device, non_blocking=True)
         torch.manual_seed(seed * 100_003 + b)  # torchattacks draws random starts from the global generators
         x_adv = attack(x, y)
-        if (x_adv - x).abs().max() > spec.eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
-            raise RuntimeError(f"{spec.label} returned examples outside the eps={spec.eps} ball or [0, 1]")
+        check_adversarial(x_adv, x, spec.eps, spec.label)
         adversarial.append(x_adv.detach().cpu())
     return torch.cat(adversarial) if adversarial else images[:0]
 
@@ -144,6 +144,7 @@ def evaluate(
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
     the one-process ones.
     """
+    check_evaluation(pipeline, data, attacks, model_name=model_name, batch_size=batch_size, seed=seed, results=results)
     device = precision.resolve_device(device)
     pipeline = pipeline.to(device).eval()
     model = torch.compile(pipeline, backend=compile) if compile is not None else pipeline

@@ -10,6 +10,8 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
+from cropkit.validate import InputError, require
+
 
 def default_device() -> torch.device:
     """The first CUDA GPU if there is one, else the CPU."""
@@ -17,8 +19,17 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """`device` as a `torch.device`, or `default_device()` when None."""
-    return torch.device(device) if device is not None else default_device()
+    """`device` as a `torch.device`, or `default_device()` when None; a device this machine lacks is refused."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError("device", device, f"not a torch device ({error})", "pass 'cpu', 'cuda', 'cuda:1' or None "
+                         "(the GPU when there is one)") from None
+    require(resolved.type != "cuda" or torch.cuda.is_available(), "device", device, "CUDA is not available here",
+            "pass device='cpu', or None to take the GPU when there is one")
+    return resolved
 
 
 def autocast(device: torch.device) -> AbstractContextManager[None]:
