@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 
 def _pretrain_fm(args: argparse.Namespace) -> int:
     from cropkit.checkpoint import read_json
     from cropkit.pretrain import PRESETS, pretrain_mae
+    from cropkit.validate import require
 
-    if args.dataset not in PRESETS:
-        print(f"error: no pre-training preset for {args.dataset!r}; presets: {', '.join(sorted(PRESETS))}", file=sys.stderr)
-        return 2
+    require(args.dataset in PRESETS, "--dataset", args.dataset, "no pre-training preset for it",
+            f"choose one of {', '.join(sorted(PRESETS))}")
     config = PRESETS[args.dataset]
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
@@ -28,15 +30,36 @@ def _pretrain_fm(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from cropkit.reproduce import parse_overrides, reproduce, summary
 
-    only = args.only.split(",") if args.only else None
-    try:
-        runs = reproduce(args.profile, only=only, overrides=parse_overrides(args.param), kernel=args.kernel,
-                         out=args.out)
-    except (ValueError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    only = args.only.split(",") if args.only is not None else None  # --only "" is refused, not read as "all"
+    runs = reproduce(args.profile, only=only, overrides=parse_overrides(args.param), kernel=args.kernel, out=args.out)
     print("\n" + summary(runs))
     return 0 if runs and all(r.status == "ok" for r in runs) else 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: 'cropkit reproduce: error: ...; see --help', exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a sub-command; any error becomes one line on stderr and exit status 2 (Ctrl-C: 130), unless --debug or
+    CROPKIT_DEBUG=1 asks for the traceback."""
+    if args.debug or os.environ.get("CROPKIT_DEBUG", "") not in ("", "0"):
+        return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("cropkit: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the command line's one boundary: no traceback for the user
+        from cropkit.validate import InputError
+
+        kind = "" if isinstance(error, InputError) else f"{type(error).__name__}: "
+        text = " ".join(str(error).split()) or "(no message)"
+        print(f"cropkit {args.command}: error: {kind}{text} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -59,8 +82,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cropkit", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="cropkit", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (also CROPKIT_DEBUG=1)")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fm = commands.add_parser("pretrain-fm", help="pre-train (or find cached) the embedded ViT-MAE foundation model")
     fm.add_argument("--dataset", default="mnist5k", help="pre-training preset (default: mnist5k)")
@@ -87,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     rr.set_defaults(run=_report)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    return _run(args)
 
 
 if __name__ == "__main__":

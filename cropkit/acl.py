@@ -40,7 +40,6 @@ import torch
 from torch import Tensor, nn
 
 from cropkit import precision
-from cropkit.attacks import validate_eps
 from cropkit.augment import augment, dynacl_strength
 from cropkit.checkpoint import cache_key, existing_directory, load_weights, read_json, save_weights, write_json
 from cropkit.contrastive import acl_loss, air, air_objective, dynacl_weight, nt_xent, sir
@@ -51,6 +50,8 @@ from cropkit.losses import linf_ascent
 from cropkit.models.resnet import ACLModel, Branch, ResNet, RobustEncoder
 from cropkit.paths import cache_dir
 from cropkit.rcs import greedy_batch_selection, rd_validation_loss
+from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, fraction, integer, non_negative, optional,
+                              positive, radius, require, text)
 
 Method = Literal["acl", "dynacl"]
 METHODS = ("acl", "dynacl")
@@ -71,13 +72,9 @@ class RCSConfig:
     normalise: Literal["minmax", "softmax"] = "minmax"  # RD's row normalisation (min-max on CIFAR)
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"RCS fraction must lie in (0, 1], got {self.fraction}")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
-        if self.interval < 1 or self.warmup < 0 or self.rd_steps < 1:
-            raise ValueError(f"need interval >= 1, warmup >= 0, rd_steps >= 1; got {self.interval}, {self.warmup}, "
-                             f"{self.rd_steps}")
+        check_fields(self, fraction=fraction(), interval=integer(1), warmup=integer(0),
+                     validation_fraction=fraction(include_one=False), lr=positive, rd_steps=integer(1),
+                     normalise=choice(("minmax", "softmax"), "RD normalisation"))
 
 
 @dataclass(frozen=True)
@@ -106,16 +103,18 @@ class ACLConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"Unknown ACL method {self.method!r}; choose one of {METHODS}")
-        if self.rcs is not None and not isinstance(self.rcs, RCSConfig):
-            raise TypeError(f"rcs must be an RCSConfig or None, got {type(self.rcs).__name__}")
-        validate_eps(self.eps)
-        if self.epochs < 1 or self.batch_size < 2 or self.attack_steps < 1:
-            raise ValueError(f"need epochs >= 1, batch_size >= 2, attack_steps >= 1; got {self.epochs}, "
-                             f"{self.batch_size}, {self.attack_steps}")
-        if self.rcs is not None and self.rcs.warmup >= self.epochs:
-            raise ValueError(f"RCS warm-up ({self.rcs.warmup} epochs) leaves no epoch of the {self.epochs} for a coreset")
+        check_fields(self, method=choice(METHODS, "ACL method"), air=boolean, dataset=text,
+                     n_train=optional(integer(2)), width=integer(1), blocks_per_stage=integer(1),
+                     epochs=integer(1, why=UNTRAINED), warmup_epochs=integer(0), batch_size=integer(2), lr=positive,
+                     weight_decay=non_negative, eps=radius, attack_steps=integer(1), attack_step=optional(positive),
+                     tau=positive, anneal_interval=integer(1), sir_weight=non_negative, air_weight=non_negative,
+                     seed=integer(0))
+        require(self.rcs is None or isinstance(self.rcs, RCSConfig), "ACLConfig.rcs", self.rcs,
+                "not an RCSConfig", "pass RCSConfig(...) or None")
+        if self.rcs is not None:
+            require(self.rcs.warmup < self.epochs, "RCSConfig.warmup", self.rcs.warmup,
+                    f"the RCS warm-up leaves no epoch of the {self.epochs} for a coreset",
+                    "pass a warmup smaller than ACLConfig.epochs")
 
     @property
     def step_size(self) -> float:

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import torchattacks
 from torch import nn
 
+from cropkit.validate import boolean, check_fields, choice, integer, optional, positive, radius
+
 AttackKind = Literal["fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original"]
 KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original")
 IMPLEMENTATION = f"torchattacks {torchattacks.__version__}"
@@ -30,11 +32,9 @@ STEPS = {"autoattack": 10, "autoattack-original": 100}  # per component; the APG
 SQUARE_QUERIES = 5000
 
 
-def validate_eps(eps: float) -> float:
+def validate_eps(eps: float, name: str = "eps") -> float:
     """An L-inf radius for images in [0, 1]: 0 <= eps <= 1 (a value such as 8 means 8/255 was intended)."""
-    if not 0.0 <= float(eps) <= 1.0:
-        hint = f" Did you mean {eps}/255 = {float(eps) / 255:.4f}?" if 1.0 < float(eps) <= 255 else ""
-        raise ValueError(f"eps must lie in [0, 1] for images in [0, 1] (L-inf threat model), got {eps}.{hint}")
+    radius(name, eps)
     return float(eps)
 
 
@@ -78,13 +78,8 @@ class AttackSpec:
     restarts: int = 1
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"Unknown attack {self.kind!r}; choose one of {KINDS}")
-        validate_eps(self.eps)
-        if self.steps < 1 or self.restarts < 1:
-            raise ValueError(f"steps and restarts must be >= 1, got steps={self.steps}, restarts={self.restarts}")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"step must be positive, got {self.step}")
+        check_fields(self, kind=choice(KINDS, "attack"), eps=radius, steps=integer(1), step=optional(positive),
+                     random_start=boolean, restarts=integer(1))
 
     @property
     def step_size(self) -> float:

@@ -2,7 +2,8 @@
 
 A checkpoint folder holds `model.safetensors` (weights), `state.pt` (optimiser, scheduler and RNG state, read
 back with `torch.load(weights_only=True)`) and `trainer.json` (epoch, history, config). It is replaced as a whole,
-so an interruption leaves either the previous or the new checkpoint, never a mix.
+so an interruption leaves either the previous or the new checkpoint, never a mix. A file that cannot be read back
+(truncated by a full disk, damaged by a copy) raises `CorruptFileError`, naming the file and how to start afresh.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from cropkit.validate import CorruptFileError
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -80,10 +83,31 @@ def save_weights(model: nn.Module, directory: Path, config: dict[str, Any]) -> N
         write_json(tmp / "config.json", config)
 
 
+@contextlib.contextmanager
+def reading(path: Path, remedy: str) -> Iterator[None]:
+    """Turn any failure to read the kit's own file `path` (truncated, corrupt, missing, or not matching the model)
+    into a `CorruptFileError` that names the file and `remedy`, instead of a decoder's message naming neither."""
+    try:
+        yield
+    except CorruptFileError:
+        raise
+    except Exception as error:  # safetensors, torch.load and json raise many types for one cause: a bad file
+        problem = f"cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})"
+        raise CorruptFileError("file", str(path), problem, remedy) from error
+
+
+def _cache_remedy(directory: Path) -> str:
+    return f"delete the folder {directory} to compute it afresh (or call the function that made it with force=True)"
+
+
 def load_weights(model: nn.Module, directory: Path) -> dict[str, Any]:
-    """Load weights saved by `save_weights` into `model`; return the saved config."""
-    load_model(model, str(directory / "model.safetensors"))
-    return read_json(directory / "config.json")
+    """Load weights saved by `save_weights` into `model`; return the saved config. A file that cannot be read
+    raises `CorruptFileError` naming it and how to start afresh."""
+    remedy = _cache_remedy(directory)
+    with reading(directory / "model.safetensors", remedy):
+        load_model(model, str(directory / "model.safetensors"))
+    with reading(directory / "config.json", remedy):
+        return read_json(directory / "config.json")
 
 
 def save_training_state(
@@ -125,19 +149,25 @@ def load_training_state(
     found = existing_directory(directory)
     if found is None:
         return None
-    meta = read_json(found / "trainer.json")
-    if meta["config"] != config:
+    remedy = (f"delete the folder {found} to restart training from scratch (or call the training function with "
+              "force=True)")
+    with reading(found / "trainer.json", remedy):
+        meta = read_json(found / "trainer.json")
+        epoch, history, saved = int(meta["epoch"]), list(meta["history"]), meta["config"]
+    if saved != config:
         raise ValueError(
-            f"The checkpoint in {found} was written for another configuration; delete it to start afresh.\n"
-            f"saved: {meta['config']}\nasked: {config}"
+            f"The checkpoint in {found} was written for another configuration; delete it to start afresh. "
+            f"saved: {saved}; asked: {config}"
         )
-    load_model(model, str(found / "model.safetensors"))
-    state = torch.load(found / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    return meta["epoch"], meta["history"]
+    with reading(found / "model.safetensors", remedy):
+        load_model(model, str(found / "model.safetensors"))
+    with reading(found / "state.pt", remedy):
+        state = torch.load(found / "state.pt", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+    return epoch, history
 
 
 def config_key(fields: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import urllib.error
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 
 from cropkit.checkpoint import atomic_write_bytes
 from cropkit.paths import cache_dir, data_dir, resolve, shared_data_dir
+from cropkit.validate import InputError, Summary, boolean, choice, integer, optional, require, text
 
 SPLITS = ("train", "test")
 EMBEDDED = ("mnist5k", "digits")
@@ -48,10 +50,33 @@ class ImageData(Dataset):
     classes: list[str]
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        """Refuse what would train or score silently wrong: a wrong layout, an empty set, labels that do not index
+        the classes."""
+        what = f"ImageData({self.name!r})"
+        images, labels = self.images, self.labels
+        require(isinstance(images, Tensor) and images.dtype == torch.uint8 and images.ndim == 4, f"{what}.images",
+                images, "must be a uint8 tensor (N, C, H, W)",
+                "convert with (x * 255).round().to(torch.uint8) for floats in [0, 1]; permute NHWC to NCHW")
+        require(images.shape[1] in (1, 3), f"{what}.images", images, f"{images.shape[1]} channels (expected 1 or 3): "
+                "the layout looks wrong", "store images as (N, C, H, W) with C = 1 or 3 (an (N, H, W, C) tensor needs "
+                ".permute(0, 3, 1, 2))")
+        require(len(images) > 0, f"{what}.images", images, "the dataset is empty",
+                "check the file, the split and the class subset")
+        require(isinstance(labels, Tensor) and labels.ndim == 1 and not labels.is_floating_point()
+                and labels.dtype != torch.bool and not labels.is_complex(), f"{what}.labels", labels,
+                "must be a 1-D tensor of integer class indices", "pass class indices (not one-hot or float labels), "
+                "e.g. torch.as_tensor(y, dtype=torch.long)")
+        require(len(images) == len(labels), f"{what}.labels", labels, f"{len(labels)} labels for {len(images)} images",
+                "give one label per image")
+        classes = self.classes
+        require(isinstance(classes, list) and len(classes) > 0 and len(set(classes)) == len(classes),
+                f"{what}.classes", classes, "must be a non-empty list of distinct class names",
+                "name each class once, in label order")
+        low, high = int(labels.min()), int(labels.max())
+        require(0 <= low and high < len(classes), f"{what}.labels", Summary(f"values in [{low}, {high}]"),
+                f"the {len(classes)} classes take labels 0..{len(classes) - 1}",
+                "relabel to 0..k-1 or list every class")
+        self.labels = labels.long()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,7 +99,10 @@ class ImageData(Dataset):
 
     def take(self, n: int | None, seed: int = 0) -> ImageData:
         """A class-balanced-in-expectation random subset of `n` examples (all of them if `n` is None or too big)."""
-        if n is None or n >= len(self):
+        if n is None:
+            return self
+        integer(1)("n", n)
+        if n >= len(self):
             return self
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return replace(self, images=self.images[index], labels=self.labels[index])
@@ -150,11 +178,22 @@ def _load_npz(path: Path, split: str) -> Loaded:
         )
     with np.load(path) as archive:
         missing = {f"x_{split}", f"y_{split}", "classes"} - set(archive.files)
-        if missing:
-            raise ValueError(f"{path} lacks the arrays {sorted(missing)}; it has {archive.files}")
+        require(not missing, str(path), sorted(archive.files), f"lacks the arrays {sorted(missing)}",
+                "save x_train, y_train, x_test, y_test and classes with np.savez")
         x, y, classes = archive[f"x_{split}"], archive[f"y_{split}"], archive["classes"]
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise ValueError(f"{path}: x_{split} must be uint8 (N, H, W, C), got {x.dtype} {x.shape}")
+    name = f"{path}: x_{split}"
+    require(x.dtype == np.uint8, name, x, "images must be uint8 in [0, 255]",
+            "save (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+    require(x.ndim == 4, name, x, "images must be (N, H, W, C)",
+            "add a channel axis to grey-scale images: x[..., None]")
+    require(x.shape[-1] in (1, 3) or x.shape[1] not in (1, 3), name, x,
+            "looks like (N, C, H, W); the npz format is (N, H, W, C)", "save x.transpose(0, 2, 3, 1)")
+    require(x.shape[-1] in (1, 3), name, x, "the last axis must be the 1 or 3 colour channels",
+            "save images as (N, H, W, C)")
+    require(x.size == 0 or int(x.max()) > 1, name, x, "every pixel is 0 or 1: [0, 1] floats cast to uint8 without "
+            "scaling", "save (x * 255).round().astype(np.uint8)")
+    require(np.issubdtype(y.dtype, np.integer), f"{path}: y_{split}", y, "labels must be integer class indices",
+            "save y.astype(np.int64) (after checking they are whole numbers)")
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     return images, torch.from_numpy(y.astype(np.int64)), [str(c) for c in classes]
 
@@ -289,7 +328,7 @@ def available_datasets() -> list[str]:
 
 
 def load_dataset(
-    name: str,
+    name: str | os.PathLike[str],
     split: str = "train",
     *,
     root: str | Path | None = None,
@@ -304,11 +343,23 @@ def load_dataset(
     order given (CIFAR-2 is CIFAR-10 with two classes). `image_size` resizes to a
     square size. torchvision datasets are cached under `root` (default `data/`).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
+    text("name", name)
+    choice(SPLITS, "split")("split", split)
+    optional(integer(1))("image_size", image_size)
+    boolean("download", download)
     if name.endswith("]") and "[" in name:  # "cifar10-subset[cat,dog]": a class subset by name
         name, listed = name[:-1].split("[", 1)
-        classes = classes or [c.strip() for c in listed.split(",") if c.strip()]
+        classes = classes if classes is not None else [c.strip() for c in listed.split(",") if c.strip()]
+    if classes is not None:
+        require(not isinstance(classes, str), "classes", classes, "a string, not a list of class names",
+                f"pass a list, e.g. [{classes!r}]")
+        classes = list(classes)
+        require(len(classes) > 0, "classes", classes, "an empty class subset would select nothing",
+                "name the classes to keep, or pass None for all of them")
+        repeated = sorted({c for c in classes if classes.count(c) > 1})
+        require(not repeated, "classes", classes, f"{repeated} repeated: a class would get two labels",
+                "name each class once")
     base, default_classes = _ALIASES.get(name, (name, None))
     classes = classes or default_classes
     if base.endswith(".npz"):
@@ -316,10 +367,9 @@ def load_dataset(
     elif base in _LOADERS:
         images, labels, names = _LOADERS[base](split, Path(root) if root else data_dir(), download)
     else:
-        raise ValueError(
-            f"Unknown dataset {name!r}. Choose one of {', '.join(available_datasets())}, or pass the path of an "
-            ".npz file. Offline, the embedded datasets are: " + ", ".join(EMBEDDED) + "."
-        )
+        raise InputError("name", name, f"Unknown dataset {name!r}", f"choose one of {', '.join(available_datasets())}, "
+                         "or pass the path of an .npz file (offline, the embedded datasets are "
+                         f"{', '.join(EMBEDDED)})")
     if classes:
         images, labels, names = _select_classes(images, labels, names, classes)
     if image_size is not None and images.shape[-2:] != (image_size, image_size):
@@ -330,8 +380,7 @@ def load_dataset(
 
 def _select_classes(images: Tensor, labels: Tensor, names: list[str], keep: Sequence[str]) -> Loaded:
     unknown = [c for c in keep if c not in names]
-    if unknown:
-        raise ValueError(f"Unknown classes {unknown}; this dataset has {names}")
+    require(not unknown, "classes", list(keep), f"Unknown classes {unknown}", f"choose among {names}")
     index = torch.tensor([names.index(c) for c in keep])
     mask = torch.isin(labels, index)
     relabel = torch.full((len(names),), -1, dtype=torch.long)

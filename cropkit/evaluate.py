@@ -23,8 +23,9 @@ from cropkit.attacks import IMPLEMENTATION, AttackSpec
 from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
 from cropkit.precision import PRECISIONS, Precision, describe, fp32, resolve_device
-from cropkit.results import accuracy_fields, append_records, encode_outcomes, provenance, worst_case
 from cropkit.progress import bar as progress_bar
+from cropkit.results import accuracy_fields, append_records, encode_outcomes, provenance, worst_case
+from cropkit.validate import check_adversarial, check_evaluation
 
 
 class _Fp32Logits(nn.Module):
@@ -74,8 +75,7 @@ def attack_batches(
         x, y = image_batches[b].to(device, non_blocking=True), label_batches[b].to(device, non_blocking=True)
         torch.manual_seed(seed * 100_003 + b)  # torchattacks draws random starts from the global generators
         x_adv = attack(x, y)
-        if (x_adv - x).abs().max() > spec.eps + 1e-5 or x_adv.min() < 0 or x_adv.max() > 1:
-            raise RuntimeError(f"{spec.label} returned examples outside the eps={spec.eps} ball or [0, 1]")
+        check_adversarial(x_adv, x, spec.eps, spec.label)
         adversarial.append(x_adv.detach().cpu())
     return torch.cat(adversarial) if adversarial else images[:0]
 
@@ -154,6 +154,7 @@ def evaluate(
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
     the one-process ones.
     """
+    check_evaluation(pipeline, data, attacks, model_name=model_name, batch_size=batch_size, seed=seed, results=results)
     if precision not in PRECISIONS:
         raise ValueError(f"precision = {precision!r}: choose one of {PRECISIONS}")
     with fp32(precision == "fp32"):

@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cropkit import precision
-from cropkit.attacks import validate_eps
 from cropkit.checkpoint import cache_key, existing_directory, load_weights, module_digest, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData
@@ -49,6 +48,8 @@ from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_train
 from cropkit.losses import linf_ascent
 from cropkit.models import Pipeline
 from cropkit.paths import cache_dir
+from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer, non_negative, optional, positive,
+                              radius, require)
 
 Method = Literal["aft", "tecoa", "pmg-aft", "trades"]
 METHODS = ("aft", "tecoa", "pmg-aft", "trades")
@@ -83,16 +84,13 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"Unknown fine-tuning method {self.method!r}; choose one of {METHODS}")
-        validate_eps(self.eps)
-        if self.attack_steps < 1 or self.epochs < 1:
-            raise ValueError(f"attack_steps and epochs must be >= 1, got {self.attack_steps} and {self.epochs}")
-        if self.last_blocks is not None and self.last_blocks < 1:
-            raise ValueError(f"last_blocks must be >= 1 or None (the whole model), got {self.last_blocks}")
-        if self.temperature is not None and (self.method != "pmg-aft" or self.temperature <= 0):
-            raise ValueError(f"temperature is PMG-AFT's and must be positive, got {self.temperature} for method "
-                             f"{self.method!r}; leave it None otherwise")
+        check_fields(self, method=choice(METHODS, "fine-tuning method"), eps=radius, attack_steps=integer(1),
+                     attack_step=optional(positive), last_blocks=optional(integer(1)), train_head=optional(boolean),
+                     alpha=non_negative, beta=optional(non_negative), temperature=optional(positive),
+                     epochs=integer(1, why=UNTRAINED), batch_size=integer(1), lr=positive, weight_decay=non_negative,
+                     n_train=optional(integer(1)), seed=integer(0))
+        require(self.temperature is None or self.method == "pmg-aft", "FinetuneConfig.temperature", self.temperature,
+                f"only PMG-AFT divides its logits by a temperature, not {self.method!r}", "leave it None")
 
     @property
     def trains_head(self) -> bool:

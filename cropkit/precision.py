@@ -14,6 +14,8 @@ from typing import Literal
 
 import torch
 
+from cropkit.validate import InputError, require
+
 Precision = Literal["auto", "fp32"]
 PRECISIONS = ("auto", "fp32")
 _forced_fp32: ContextVar[bool] = ContextVar("cropkit_forced_fp32", default=False)
@@ -25,8 +27,17 @@ def default_device() -> torch.device:
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
-    """`device` as a `torch.device`, or `default_device()` when None."""
-    return torch.device(device) if device is not None else default_device()
+    """`device` as a `torch.device`, or `default_device()` when None; a device this machine lacks is refused."""
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError("device", device, f"not a torch device ({error})", "pass 'cpu', 'cuda', 'cuda:1' or None "
+                         "(the GPU when there is one)") from None
+    require(resolved.type != "cuda" or torch.cuda.is_available(), "device", device, "CUDA is not available here",
+            "pass device='cpu', or None to take the GPU when there is one")
+    return resolved
 
 
 def autocast(device: torch.device) -> AbstractContextManager[None]:

@@ -9,6 +9,7 @@ like a hub checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.models.foundation import FoundationModel, Pooling, quiet_transformers
 from cropkit.paths import cache_dir
+from cropkit.validate import (UNTRAINED, check_fields, choice, fraction, integer, non_negative, positive, require,
+                              text)
 
 
 # Bump when a code change alters what pre-training produces for the same config (it keys the cache).
@@ -53,6 +56,19 @@ class MAEConfig:
     warmup_epochs: int = 4
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        positive_int = integer(1)
+        check_fields(self, dataset=text, image_size=positive_int, patch_size=positive_int, hidden_size=positive_int,
+                     num_layers=positive_int, num_heads=positive_int, mlp_ratio=positive_int,
+                     decoder_hidden_size=positive_int, decoder_layers=positive_int, decoder_heads=positive_int,
+                     mask_ratio=fraction(include_zero=True, include_one=False), max_shift=integer(0), epochs=integer(1, why=UNTRAINED),
+                     batch_size=positive_int, lr=positive, weight_decay=non_negative, warmup_epochs=integer(0),
+                     seed=integer(0))
+        for field, size, divisor in (("patch_size", self.image_size, self.patch_size),
+                                     ("num_heads", self.hidden_size, self.num_heads),
+                                     ("decoder_heads", self.decoder_hidden_size, self.decoder_heads)):
+            require(size % divisor == 0, f"MAEConfig.{field}", divisor, f"does not divide {size}",
+                    f"pick a divisor of {size} (or change the size it divides)")
     def vit_config(self, num_channels: int) -> ViTMAEConfig:
         return ViTMAEConfig(
             image_size=self.image_size,
@@ -125,6 +141,8 @@ def pretrain_mae(
     Runs on `device` (default: CUDA when present). Random draws come from CPU generators seeded per epoch, so
     a resumed run continues exactly where the interrupted one stopped.
     """
+    require(config.mask_ratio > 0, "MAEConfig.mask_ratio", config.mask_ratio, "MAE pre-training learns to fill in "
+            "masked patches, and none would be masked", "pass a mask_ratio in (0, 1), e.g. 0.75")
     data = training_data(config)
     out = foundation_dir(config, data)
     if (out / "config.json").is_file() and not force:
@@ -175,17 +193,22 @@ PRESETS: dict[str, MAEConfig] = {
 }
 
 
-def load_foundation(spec: str = "embedded", pooling: Pooling = "mean", *, progress: bool = True) -> FoundationModel:
+def load_foundation(spec: str | os.PathLike[str] = "embedded", pooling: Pooling = "mean", *,
+                    progress: bool = True) -> FoundationModel:
     """The frozen foundation model named by `spec`.
 
     `embedded` is the kit's ViT-MAE for MNIST-5k and `embedded:<dataset>` the one for another preset dataset
     (pre-trained on first use, then cached); anything else is a ViT-MAE hub id such as `facebook/vit-mae-large`
     or a local `save_pretrained` folder.
     """
+    spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
+    text("spec", spec)
+    choice(("cls", "mean"), "pooling")("pooling", pooling)  # before minutes of pre-training, not after
     if spec == "embedded" or spec.startswith("embedded:"):
         dataset = spec.partition(":")[2] or "mnist5k"
-        if dataset not in PRESETS:
-            raise ValueError(f"No embedded foundation model for {dataset!r}; presets exist for {sorted(PRESETS)}")
+        require(dataset in PRESETS, "spec", spec, f"No embedded foundation model for {dataset!r}",
+                f"presets exist for {sorted(PRESETS)}; pass one of them, or pre-train with "
+                "pretrain_mae(MAEConfig(...))")
         path = pretrain_mae(PRESETS[dataset], progress=progress)
         model = FoundationModel.from_pretrained(path, pooling=pooling)
         model.name = f"embedded ViT-MAE ({dataset}, {path.name})"

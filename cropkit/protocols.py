@@ -28,7 +28,7 @@ from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batche
 from cropkit.models import Pipeline
 from cropkit.paths import cache_dir
 from cropkit.progress import bar as progress_bar
-
+from cropkit.validate import Summary, head_classes, integer, positive, require
 
 # Bump when a code change alters the head fitted for the same frozen stack and data (it keys the cache).
 HEAD_RECIPE_VERSION = 1
@@ -72,6 +72,17 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     PGD restarts and the strong kinds are refused: they return the clean input wherever they fail to change
     the prediction, so the head would train on clean images there.
     """
+    require(isinstance(attack, AttackSpec), "attack", attack, "not an AttackSpec", "pass e.g. pgd(eps, steps=10)")
+    integer(1, why="0 epochs would return the SLF head as an ALF one")("epochs", epochs)
+    positive("lr", lr)
+    integer(1)("batch_size", batch_size)
+    integer(0)("seed", seed)
+    require(isinstance(train, ImageData) and len(train) > 0, "train", train, "not a non-empty ImageData",
+            "load it with cropkit.data.load_dataset(name, 'train')")
+    classes = head_classes(slf, train[0][0][None])
+    require(classes == train.num_classes, "slf", Summary(f"a head with {classes} classes"),
+            f"the training set {train.name!r} has {train.num_classes} classes", "start ALF from an SLF head fitted "
+            "on this dataset (fit_slf)")
     if not attack.always_perturbs:
         raise ValueError(f"ALF trains on the attack's perturbed point for every example, but {attack.label} returns "
                          "the clean input where it fails; pass a single-run PGD such as pgd(eps, 10) as `attack`")

@@ -2,13 +2,19 @@
 
 A profile is `configs/<name>.yaml` with `parameters` (given to every notebook that declares them) and optional
 `notebooks` (per-notebook overrides keyed by number, e.g. "00"). Executed notebooks and results files go to
-`<out>/results/<profile>/`, figures to `<out>/figures/<profile>/`; `out` defaults to the project root.
+`<out>/results/<profile>/`, figures to `<out>/figures/<profile>/`; `out` defaults to the project root. Every
+notebook run's status goes to `runs.jsonl` there (`cropkit.results`). Parameters are checked against the kind of
+each notebook's default before anything runs; a fraction such as 8/255 in a profile or a `-p` value is a number.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import os
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,8 @@ from typing import Any
 import yaml
 
 from cropkit.paths import project_root
+from cropkit.results import RUN_ENV, record_run
+from cropkit.validate import InputError, parse_number_text, require
 
 KERNEL = "cropkit"
 
@@ -38,19 +46,28 @@ def load_profile(name: str) -> dict[str, Any]:
     path = project_root() / "configs" / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"Unknown profile {name!r}; choose one of {', '.join(available_profiles())}")
-    profile = yaml.safe_load(path.read_text()) or {}
-    return {"parameters": profile.get("parameters") or {}, "notebooks": profile.get("notebooks") or {},
+    try:
+        profile = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError("profile", name, f"{path} is not valid YAML ({str(error).splitlines()[0]})",
+                         "fix the file") from None
+    return {"parameters": parse_number_text(profile.get("parameters") or {}),
+            "notebooks": parse_number_text(profile.get("notebooks") or {}),
             "description": profile.get("description", "")}
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """`key=value` strings to a dict; values are parsed as YAML (so 0.1, [1, 2] and null work)."""
+    """`key=value` strings to a dict; values are parsed as YAML (so 0.1, [1, 2] and null work), and a fraction
+    such as 8/255 (a string to YAML) becomes its float."""
     overrides = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"Expected key=value, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+        require(bool(sep) and bool(key.strip()), "-p", pair, "Expected key=value", "write e.g. -p eps=8/255")
+        try:
+            overrides[key.strip()] = parse_number_text(yaml.safe_load(value))
+        except yaml.YAMLError as error:
+            raise InputError(f"-p {key.strip()}", value, f"not a valid YAML value ({str(error).splitlines()[0]})",
+                             "close brackets and quotes, e.g. -p eps_grid=[0, 0.1] or -p dataset='name'") from None
     return overrides
 
 
@@ -71,15 +88,42 @@ class NotebookRun:
 
 
 def select(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
-    """The notebooks whose number (or full stem) is in `only`; all of them when `only` is empty."""
-    wanted = {o.strip() for o in only or [] if o.strip()}
-    if not wanted:
+    """The notebooks whose number (or full stem) is in `only`; all of them when `only` is None (an empty selection
+    is refused rather than read as "all")."""
+    if only is None:
         return notebooks
+    only = [only] if isinstance(only, str) else list(only)
+    wanted = {o.strip() for o in only if o.strip()}
+    require(bool(wanted), "only", ",".join(only), "names no notebook",
+            "pass notebook numbers such as 00,02, or leave it out to run every notebook")
     chosen = [nb for nb in notebooks if nb.stem[:2] in wanted or nb.stem in wanted]
     unknown = wanted - {nb.stem[:2] for nb in chosen} - {nb.stem for nb in chosen}
-    if unknown:
-        raise ValueError(f"No notebook numbered {sorted(unknown)}; have {[nb.stem for nb in notebooks]}")
+    require(not unknown, "only", ",".join(only), f"No notebook numbered {sorted(unknown)}",
+            f"choose among {[nb.stem for nb in notebooks]}")
     return chosen
+
+
+_KINDS = ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "a string"),
+          (list, "a list"), (dict, "a mapping"))
+
+
+def _kind(value: Any) -> str | None:
+    return next((name for kind, name in _KINDS if isinstance(value, kind)), None)
+
+
+def check_parameter(notebook: str, key: str, value: Any, default_source: str) -> None:
+    """Refuse a value of another kind than the notebook's default (a string for a number, a float for a count);
+    None is always allowed (parameters such as n_eval read it as "all"), and so is an int for a float."""
+    try:
+        default = ast.literal_eval(default_source)
+    except (ValueError, SyntaxError):
+        return
+    if value is None or default is None:
+        return
+    wanted, given = _kind(default), _kind(value)
+    require(given == wanted or (wanted == "a number" and given == "a whole number"), key, value,
+            f"{notebook} expects {wanted} (its default is {default_source}), got {given or type(value).__name__}",
+            f"pass {wanted}, e.g. -p {key}={default_source.replace(' ', '')}")
 
 
 def output_dirs(profile: str, out: Path | None = None) -> tuple[Path, Path]:
@@ -101,20 +145,28 @@ def plan(profile: str, only: Iterable[str] | None = None, overrides: Mapping[str
         merged = {**spec["parameters"], **spec["notebooks"].get(path.stem[:2], {}), **overrides,
                   "results_dir": str(results), "figures_dir": str(figures)}
         params = {k: v for k, v in merged.items() if k in declared}
+        for key, value in params.items():
+            check_parameter(path.stem, key, value, declared[key])
         used |= params.keys()
         runs.append((path, params))
     unused = set(overrides) - used
-    if unused:
-        raise ValueError(f"No selected notebook declares the parameter(s) {sorted(unused)}")
+    require(not unused, "-p", sorted(unused), "No selected notebook declares the parameter(s)",
+            "check the spelling against the notebooks' parameters cells (cropkit.reproduce.notebook_parameters)")
     return runs
 
 
 def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
               kernel: str = KERNEL, out: Path | None = None) -> list[NotebookRun]:
-    """Execute the selected notebooks in order; stop at the first failure. Prints a line per notebook."""
+    """Execute the selected notebooks in order; stop at the first failure. Prints a line per notebook.
+
+    Each notebook run gets an id, exported as `CROPKIT_RUN_ID` to its kernel (so every record it writes carries
+    it) and logged with its status in `runs.jsonl` beside the records: a failed run's records are recognisable
+    (`cropkit.results.load_records`).
+    """
     import papermill
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+    runs = plan(profile, only, overrides, out)  # the inputs first: a bad one is named before anything starts
     try:
         KernelSpecManager().get_kernel_spec(kernel)
     except NoSuchKernel:
@@ -122,26 +174,55 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
             f"Jupyter kernel {kernel!r} is not installed. Run `make setup`, or "
             f"`python -m ipykernel install --sys-prefix --name {kernel}` inside the kit's environment."
         ) from None
-    runs = plan(profile, only, overrides, out)
     out_dir = output_dirs(profile, out)[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     finished: list[NotebookRun] = []
     for i, (path, params) in enumerate(runs, 1):
         output = out_dir / path.name
+        run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{path.stem[:2]}-{uuid.uuid4().hex[:8]}"
+        details = {"notebook": path.stem, "profile": profile, "output": str(output)}
+        record_run(out_dir, run_id, "running", **details, parameters=params)
         print(f"[{i}/{len(runs)}] {path.stem} ...", flush=True)
         started = time.perf_counter()
+        status, error = "failed", ""
         try:
-            papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel,
-                                       cwd=str(notebooks_dir()), progress_bar=False)
-        except papermill.PapermillExecutionError as error:
-            finished.append(NotebookRun(path.stem, "FAILED", time.perf_counter() - started, output,
-                                        f"cell {error.exec_count}: {error.ename}: {error.evalue}"))
-            print(f"      FAILED after {finished[-1].seconds:.0f}s: {finished[-1].error}\n"
-                  f"      the executed notebook, with the traceback, is {output}", flush=True)
+            with _environment(RUN_ENV, run_id):
+                papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel,
+                                           cwd=str(notebooks_dir()), progress_bar=False)
+            status = "ok"
+        except papermill.PapermillExecutionError as failure:
+            error = f"cell {failure.exec_count}: {failure.ename}: {failure.evalue}"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except Exception as failure:  # the kernel died, papermill failed: logged, then raised
+            error = f"{type(failure).__name__}: {failure}"
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            record_run(out_dir, run_id, status, **details, seconds=round(seconds, 1), error=error)
+        finished.append(NotebookRun(path.stem, "ok" if status == "ok" else "FAILED", seconds, output, error))
+        if status != "ok":
+            print(f"      FAILED after {seconds:.0f}s: {error}\n"
+                  f"      the executed notebook, with the traceback, is {output}; its records carry run_id {run_id}",
+                  flush=True)
             break
-        finished.append(NotebookRun(path.stem, "ok", time.perf_counter() - started, output))
-        print(f"      ok in {finished[-1].seconds:.0f}s -> {output}", flush=True)
+        print(f"      ok in {seconds:.0f}s -> {output}", flush=True)
     return finished
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """Set an environment variable (inherited by the kernels started inside) for the block, then restore it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def summary(runs: list[NotebookRun]) -> str:

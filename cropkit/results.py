@@ -1,11 +1,23 @@
-"""Results files: JSON lines of records with their provenance, appended atomically; and what records support.
+"""Results files: JSON lines of records with their provenance, appended atomically; nothing written is ever lost.
 
 Each record says what was measured and how (dataset, n, threat model, attack settings, seed) and where it came
-from (device, library versions, git commit, time). Appending rewrites the file through a temporary file and a
-rename under a lock, so a crash or a concurrent writer never leaves a torn line. An evaluation record also keeps
-its 95% intervals and its per-example outcomes (which examples were correct clean and under the attack, with a
-digest of the example set), so that two models evaluated on the same examples are compared paired
-(`compare_records`) and the worst case over attacks is taken per example (`worst_case`).
+from (device, library versions, git commit, time, and the `run_id` of the `cropkit reproduce` notebook run that
+made it). Appending rewrites the file through a temporary file and a rename under a lock, so a crash or a
+concurrent writer never leaves a torn line.
+
+A file damaged by something else (a run of an older version killed mid-write, a full disk, a bad copy) keeps its
+good records: `load_records` skips each line that is not a JSON object with a `RecordsWarning` naming its number,
+and `append_records` first moves such lines, byte for byte, into `<file>.rejected` beside it (JSON lines with the
+line number, the time and the text), so new records never glue onto a torn line.
+
+Runs: `cropkit reproduce` gives each notebook run an id (the `CROPKIT_RUN_ID` environment variable, which the
+notebook's kernel inherits and `provenance` records) and appends the run's status to `runs.jsonl` beside the
+records: `running` when it starts, then `ok` or `failed` (or `interrupted`). `load_records` marks every record of
+a run that did not finish `ok` with `run_status`, or drops them with `failed_runs="drop"`.
+
+An evaluation record also keeps its 95% intervals and its per-example outcomes (which examples were correct clean
+and under the attack, with a digest of the example set), so that two models evaluated on the same examples are
+compared paired (`compare_records`) and the worst case over attacks is taken per example (`worst_case`).
 """
 
 from __future__ import annotations
@@ -16,12 +28,13 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -29,11 +42,15 @@ import torch
 from cropkit.checkpoint import atomic_write_bytes
 from cropkit.paths import project_root, resolve
 from cropkit.stats import Comparison, compare, format_accuracy, wilson_interval
+from cropkit.validate import choice, require
 
 if TYPE_CHECKING:
     import pandas as pd
 
 TRACKED_PACKAGES = ("torch", "torchvision", "transformers", "torchattacks", "numpy")
+RUN_ENV = "CROPKIT_RUN_ID"  # set by `cropkit reproduce` for each notebook it runs
+RUNS_FILE = "runs.jsonl"
+RUN_STATUSES = ("running", "ok", "failed", "interrupted")
 
 
 def device_name(device: torch.device | str) -> str:
@@ -67,12 +84,13 @@ def git_commit() -> str:
 
 
 def provenance(device: torch.device | str) -> dict[str, Any]:
-    """Where and with what a number was produced."""
+    """Where and with what a number was produced, and by which `cropkit reproduce` run (None outside one)."""
     return {
         "device": device_name(device),
         "versions": library_versions(),
         "commit": git_commit(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_id": os.environ.get(RUN_ENV) or None,
     }
 
 
@@ -87,22 +105,117 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class RecordsWarning(UserWarning):
+    """A results file held lines that are not records: skipped when loading, moved aside when appending."""
+
+
+def _parse(raw: bytes) -> tuple[list[tuple[bytes, dict[str, Any]]], list[tuple[int, bytes]]]:
+    """(good lines with their records, bad lines with their 1-based numbers); a bad line is torn, not JSON, not
+    UTF-8, or JSON that is not an object. Blank lines are neither."""
+    good, bad = [], []
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict):
+            good.append((line, record))
+        else:
+            bad.append((number, line))
+    return good, bad
+
+
+def _describe(path: Path, bad: list[tuple[int, bytes]]) -> str:
+    shown = ", ".join(f"line {n} ({line[:60].decode('utf-8', 'replace')!r})" for n, line in bad[:3])
+    return f"{path}: {len(bad)} line(s) are not JSON records: {shown}{', ...' if len(bad) > 3 else ''}"
+
+
+def rejected_path(path: Path) -> Path:
+    """Where `append_records` keeps the lines of `path` that were not records."""
+    return path.with_name(path.name + ".rejected")
+
+
 def append_records(path: str | os.PathLike[str], records: Iterable[dict[str, Any]]) -> Path:
-    """Append records to a JSON-lines file atomically; relative paths are taken from the project root."""
+    """Append records (dicts) to a JSON-lines file atomically; relative paths are taken from the project root.
+
+    Lines already in the file that are not records (a torn last line, say) are moved to `rejected_path(path)`
+    first, with a `RecordsWarning`, so the new records start on a line of their own and every line stays readable.
+    """
+    require(not isinstance(records, (dict, str, bytes)), "records", records, "a single value, not a list of records",
+            "pass a list of dicts, e.g. [record]")
+    records = list(records)
+    for i, record in enumerate(records):
+        require(isinstance(record, dict), f"records[{i}]", record, "not a dict", "pass each record as a dict")
+    lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records).encode()  # fails before writing
     path = resolve(path)
-    lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
     with _locked(path):
         existing = path.read_bytes() if path.exists() else b""
-        atomic_write_bytes(path, existing + lines.encode())
+        good, bad = _parse(existing)
+        if bad:
+            moved_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            entries = [{"file": path.name, "line": n, "moved_at": moved_at,
+                        "text": line.decode("utf-8", "surrogateescape")} for n, line in bad]
+            rejected = rejected_path(path)
+            before = rejected.read_bytes() if rejected.exists() else b""
+            atomic_write_bytes(rejected, before + "".join(json.dumps(e) + "\n" for e in entries).encode())
+            warnings.warn(f"{_describe(path, bad)}; moved to {rejected} (text byte for byte: "
+                          "entry['text'].encode('utf-8', 'surrogateescape')), every record kept",
+                          RecordsWarning, stacklevel=2)
+            existing = b"".join(line + b"\n" for line, _ in good)
+        elif existing and not existing.endswith(b"\n"):
+            existing += b"\n"  # a complete last record written without its newline
+        atomic_write_bytes(path, existing + lines)
     return path
 
 
-def load_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """All records of a JSON-lines results file (an absent file has none)."""
+def load_records(path: str | os.PathLike[str], *,
+                 failed_runs: Literal["mark", "drop"] = "mark") -> list[dict[str, Any]]:
+    """All records of a JSON-lines results file (an absent file has none).
+
+    A line that is not a JSON record is skipped with a `RecordsWarning` naming its number; every other record is
+    returned. Records of `cropkit reproduce` runs that did not finish `ok` (`runs.jsonl` beside the file) get
+    `run_status` ("failed", "interrupted", or "running": still going elsewhere, or killed) with
+    `failed_runs="mark"`, or are left out with `failed_runs="drop"`; the calling notebook's own run counts as ok.
+    """
+    choice(("mark", "drop"), "failed_runs option")("failed_runs", failed_runs)
     path = resolve(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    good, bad = _parse(path.read_bytes())
+    if bad:
+        warnings.warn(f"{_describe(path, bad)}; skipped, every other record loaded", RecordsWarning, stacklevel=2)
+    statuses = run_statuses(path.with_name(RUNS_FILE))
+    statuses.pop(os.environ.get(RUN_ENV), None)  # the run reading its own records is not a failed one
+    records = []
+    for _, record in good:
+        status = statuses.get(record.get("run_id"), "ok")
+        if status != "ok":
+            if failed_runs == "drop":
+                continue
+            record["run_status"] = status
+        records.append(record)
+    return records
+
+
+def run_statuses(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Run id -> the last status `cropkit reproduce` wrote for it in the runs file `path`."""
+    path = resolve(path)
+    if not path.exists():
+        return {}
+    good, bad = _parse(path.read_bytes())
+    if bad:
+        warnings.warn(f"{_describe(path, bad)}; skipped", RecordsWarning, stacklevel=2)
+    return {run["run_id"]: run["status"] for _, run in good if "run_id" in run and "status" in run}
+
+
+def record_run(results_dir: str | os.PathLike[str], run_id: str, status: str, **details: Any) -> Path:
+    """Append a run's status (`running`, `ok`, `failed`, `interrupted`) and `details` to `runs.jsonl`."""
+    choice(RUN_STATUSES, "run status")("status", status)
+    entry = {"run_id": run_id, "status": status, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             **details}
+    return append_records(Path(results_dir) / RUNS_FILE, [entry])
 
 
 def encode_outcomes(correct: np.ndarray | torch.Tensor) -> str:

@@ -24,14 +24,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cropkit import distributed, precision
-from cropkit.attacks import validate_eps
 from cropkit.checkpoint import cache_key, existing_directory, load_weights, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.losses import contrastive_loss, contrastive_terms, fgsm_rs, reconstruction_loss
-from cropkit.models.autoencoder import Architecture, build_autoencoder
+from cropkit.models.autoencoder import ARCHITECTURES, Architecture, build_autoencoder
 from cropkit.paths import cache_dir
+from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer, non_negative, positive, radius,
+                              require, text)
 
 PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
@@ -61,11 +62,14 @@ class PreprocessorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"Unknown pre-processor kind {self.kind!r}; choose one of {KINDS}")
-        validate_eps(self.eps)
-        if (self.kind == "cropd") != (self.lam > 0):
-            raise ValueError(f"kind {self.kind!r} with lam={self.lam}: CRoPD needs lam > 0, the baselines lam = 0")
+        check_fields(self, kind=choice(KINDS, "pre-processor kind"), dataset=text,
+                     architecture=choice(ARCHITECTURES, "pre-processor architecture"), width=integer(1),
+                     latent_channels=integer(1), lam=non_negative, eps=radius, tau=positive, label_free=boolean,
+                     epochs=integer(1, why=UNTRAINED), batch_size=integer(1), lr=positive, weight_decay=non_negative,
+                     seed=integer(0))
+        require((self.kind == "cropd") == (self.lam > 0), "PreprocessorConfig.lam", self.lam,
+                f"kind {self.kind!r} with this lam: CRoPD needs lam > 0, the baselines lam = 0",
+                "use PreprocessorConfig.for_lambda(lam), which picks the kind")
 
     @classmethod
     def for_lambda(cls, lam: float, **fields: Any) -> PreprocessorConfig:

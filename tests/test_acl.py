@@ -152,7 +152,7 @@ def test_rcs_selects_the_exact_budget_and_leaves_the_model_untouched(digit_data,
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="Unknown ACL method"):
         ACLConfig(method="simclr")
-    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"fraction = 0.0: must be in \(0, 1\]"):
         RCSConfig(fraction=0.0)
     with pytest.raises(ValueError, match="fraction"):
         RCSConfig(fraction=1.5)

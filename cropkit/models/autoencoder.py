@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from cropkit.models.foundation import check_images
 
 Architecture = Literal["conv", "vit"]
+ARCHITECTURES: tuple[str, ...] = ("conv", "vit")
 
 
 class ConvAutoEncoder(nn.Module):

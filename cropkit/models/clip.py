@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
-from cropkit.models.foundation import check_images
+from cropkit.models.foundation import check_images, pretrained_source
 from cropkit.models.pipeline import Pipeline
 
 TEMPLATE = "This is a photo of a {}"
@@ -101,8 +101,9 @@ class ZeroShotClip:
 
 def load_clip(name_or_path: str | os.PathLike[str] = "openai/clip-vit-base-patch32") -> ZeroShotClip:
     """Load a CLIP checkpoint (hub id or local folder with model, tokenizer and image processor), frozen."""
-    model = CLIPModel.from_pretrained(name_or_path).requires_grad_(False).eval()
-    processor = AutoImageProcessor.from_pretrained(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    with pretrained_source(name_or_path):
+        model = CLIPModel.from_pretrained(name_or_path).requires_grad_(False).eval()
+        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     encoder = ClipImageEncoder(model, processor.image_mean, processor.image_std, name=str(name_or_path))
     return ZeroShotClip(encoder, model, tokenizer)

@@ -8,9 +8,11 @@ differentiate through it. Resizing and normalisation happen inside, in torch, so
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -18,6 +20,8 @@ import torch.nn.functional as F
 import transformers
 from torch import Tensor, nn
 from transformers import AutoImageProcessor, ViTMAEModel
+
+from cropkit.validate import InputError, choice, require
 
 Pooling = Literal["cls", "mean"]
 
@@ -44,6 +48,34 @@ def quiet_transformers() -> Iterator[None]:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.utils.logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def pretrained_source(name_or_path: str | os.PathLike[str], parameter: str = "name_or_path") -> Iterator[None]:
+    """Load from `name_or_path` inside this block; a folder that does not exist, a hub id out of reach (no network)
+    or a damaged checkpoint becomes an `InputError` that says which and what to use instead (transformers raises
+    an OSError from deep inside, and takes a mistyped folder for a hub id)."""
+    text = os.fspath(name_or_path)
+    folder = Path(text).expanduser()
+    local = (isinstance(name_or_path, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1
+             or folder.exists())
+    alternatives = ("'embedded' (the kit's own ViT-MAE, offline), a folder written by save_pretrained, or a hub id "
+                    "such as facebook/vit-mae-large")
+    require(not local or folder.is_dir(), parameter, text, "no such folder", f"pass {alternatives}")
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as error:  # transformers and huggingface_hub raise OSError, ValueError or their own types
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        if local:
+            raise InputError(parameter, text, f"not a loadable checkpoint folder ({first})",
+                             "it needs the files save_pretrained writes (config.json, model.safetensors, the "
+                             "processor's JSON); a damaged kit cache folder can be deleted and rebuilt (`cropkit "
+                             "pretrain-fm --force` for the embedded model)") from error
+        raise InputError(parameter, text, f"could not be loaded from the Hugging Face hub or its local cache ({first})",
+                         "without a network, pass 'embedded' (the kit's own ViT-MAE) or a local folder written by "
+                         "save_pretrained; with one, check the id") from error
 
 
 class FoundationModel(nn.Module):
@@ -83,12 +115,13 @@ class FoundationModel(nn.Module):
         `ViTMAEModel.from_pretrained` (e.g. `attn_implementation`, `dtype`). A checkpoint missing encoder
         weights is an error rather than a silently random model; unused decoder weights are expected.
         """
-        with quiet_transformers():  # the decoder weights of a pre-training checkpoint are unused: no warning
+        choice(("cls", "mean"), "pooling")("pooling", pooling)
+        with quiet_transformers(), pretrained_source(name_or_path):  # unused decoder weights: no warning
             encoder, info = ViTMAEModel.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+            processor = AutoImageProcessor.from_pretrained(name_or_path)
         if info["missing_keys"] or info["mismatched_keys"]:
             raise ValueError(f"{name_or_path} does not hold a complete ViT-MAE encoder; missing or mismatched: "
                              f"{sorted(info['missing_keys'] | set(map(str, info['mismatched_keys'])))[:5]}")
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
         return cls(encoder, list(processor.image_mean), list(processor.image_std), pooling, name=str(name_or_path))
 
     def last_blocks(self, n: int) -> list[nn.Module]:
