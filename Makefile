@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cropkit-installed
 PROFILE ?= quick
 
-.PHONY: setup reproduce test lock
+.PHONY: setup reproduce test reference lock
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ reproduce: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Regenerate what is committed from a quick-profile run: reference records, notebook outputs, RESULTS.md, README.
+reference: reproduce
+	$(BIN)/cropkit report --profile quick --update-from results/quick
 
 lock:
 	requirements/update-lock.sh

@@ -25,7 +25,7 @@ from cropkit.data import ImageData
 from cropkit.precision import PRECISIONS, Precision, describe, fp32, resolve_device
 from cropkit.progress import bar as progress_bar
 from cropkit.results import accuracy_fields, append_records, encode_outcomes, provenance, worst_case
-from cropkit.validate import check_adversarial, check_evaluation
+from cropkit.validate import check_adversarial, check_evaluation, choice
 
 
 class _Fp32Logits(nn.Module):
@@ -154,10 +154,10 @@ def evaluate(
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
     the one-process ones.
     """
-    check_evaluation(pipeline, data, attacks, model_name=model_name, batch_size=batch_size, seed=seed, results=results)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision = {precision!r}: choose one of {PRECISIONS}")
-    with fp32(precision == "fp32"):
+    choice(PRECISIONS, "precision")("precision", precision)
+    with fp32(precision == "fp32"):  # the input checks run a forward pass too
+        check_evaluation(pipeline, data, attacks, model_name=model_name, batch_size=batch_size, seed=seed,
+                         results=results)
         return _evaluate(pipeline, data, attacks, model_name=model_name, seed=seed, batch_size=batch_size,
                          device=device, results=results, setup=setup, audit=audit, compile=compile)
 

@@ -10,15 +10,18 @@ printed, never typed. A test re-renders both and fails when they differ from the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from cropkit.checkpoint import atomic_write_bytes
 from cropkit.paths import project_root
-from cropkit.results import compare_records, load_records
+from cropkit.results import RUNS_FILE, compare_records, load_records
 from cropkit.stats import format_accuracy, mcnemar_sample_size, seed_spread
 
 Record = dict[str, Any]
@@ -403,19 +406,62 @@ def write(profile: str) -> list[Path]:
     return changed
 
 
+def last_run(records: list[Record]) -> list[Record]:
+    """The records of the last run among `records` (by `run_id`; records without one form a single run)."""
+    last = records[-1].get("run_id") if records else None
+    return [r for r in records if r.get("run_id") == last]
+
+
+def recipe_versions() -> dict[str, int]:
+    """The recipe version of every trained artifact: what a committed output was made with."""
+    from cropkit import acl, finetune, pretrain, protocols, train
+
+    return {"pretrain": pretrain.RECIPE_VERSION, "preprocessor": train.RECIPE_VERSION, "acl": acl.RECIPE_VERSION,
+            "finetune": finetune.RECIPE_VERSION, "slf_head": protocols.HEAD_RECIPE_VERSION}
+
+
+def source_digest(notebook: nbformat.NotebookNode) -> str:
+    """Hash of a notebook's code (its code cells, papermill's injected parameters left out)."""
+    code = [c.source for c in notebook.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    return hashlib.sha256("\0".join(code).encode()).hexdigest()[:16]
+
+
+def commit_outputs(executed: Path, target: Path, profile: str, seconds: float | None) -> None:
+    """Copy an executed notebook's outputs over the committed notebook `target`: without papermill's injected
+    parameters and timing metadata, stamped with the recipes and the code it was made with (a test compares them
+    with the current ones, so outputs of an older recipe or of edited code are caught)."""
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in notebook.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    notebook.metadata.pop("papermill", None)
+    notebook.metadata["cropkit"] = {"profile": profile, "recipes": recipe_versions(),
+                                    "source": source_digest(notebook), "seconds": seconds}
+    atomic_write_bytes(target, nbformat.writes(notebook).encode())
+
+
 def update_reference(profile: str, folder: Path) -> list[Path]:
-    """Make the latest records of a run in `folder` (e.g. `results/quick`) the profile's reference."""
-    by_notebook = load_reference(profile, folder)
-    if not by_notebook:
+    """Make the last complete run in `folder` (e.g. `results/quick`) the profile's reference: its records (runs that
+    did not finish `ok` are left out) and, for the quick profile, the executed notebooks' outputs."""
+    by_notebook = {name: last_run([r for r in records if "run_status" not in r])
+                   for name, records in load_reference(profile, folder).items()}
+    if not any(by_notebook.values()):
         raise ValueError(f"no notebook records (NN_*.jsonl) in {folder}: run `cropkit reproduce --profile {profile}`")
     target = reference_dir(profile)
     target.mkdir(parents=True, exist_ok=True)
     written = []
     for name, records in by_notebook.items():
         path = target / f"{name}.jsonl"
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in latest(records))
-        atomic_write_bytes(path, lines.encode())
+        atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in latest(records)).encode())
         written.append(path)
+        executed = folder / f"{name}.ipynb"
+        if profile == "quick" and executed.is_file():
+            runs = [r for r in load_records(folder / RUNS_FILE) if r.get("notebook") == name and r["status"] == "ok"]
+            commit_outputs(executed, project_root() / "notebooks" / f"{name}.ipynb", profile,
+                           runs[-1]["seconds"] if runs else None)
+            written.append(project_root() / "notebooks" / f"{name}.ipynb")
     return written
 
 

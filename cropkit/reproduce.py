@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import yaml
 
 from cropkit.paths import project_root
-from cropkit.results import RUN_ENV, record_run
+from cropkit.results import RUN_ENV, RUNS_FILE, load_records, record_run
 from cropkit.validate import InputError, parse_number_text, require
 
 KERNEL = "cropkit"
@@ -182,13 +184,16 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{path.stem[:2]}-{uuid.uuid4().hex[:8]}"
         details = {"notebook": path.stem, "profile": profile, "output": str(output)}
         record_run(out_dir, run_id, "running", **details, parameters=params)
-        print(f"[{i}/{len(runs)}] {path.stem} ...", flush=True)
+        expected = expected_seconds(path, profile, out_dir)
+        print(f"[{i}/{len(runs)}] {path.stem}" + (f" (about {expected:.0f} s last time)" if expected else ""),
+              flush=True)
         started = time.perf_counter()
         status, error = "failed", ""
         try:
-            with _environment(RUN_ENV, run_id):
+            with _environment({RUN_ENV: run_id, "CROPKIT_PROGRESS": "summary"}):
                 papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel,
-                                           cwd=str(notebooks_dir()), progress_bar=False)
+                                           cwd=str(notebooks_dir()), progress_bar=False,
+                                           on_cell_start=CellProgress(path, expected))
             status = "ok"
         except papermill.PapermillExecutionError as failure:
             error = f"cell {failure.exec_count}: {failure.ename}: {failure.evalue}"
@@ -207,22 +212,60 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
                   f"      the executed notebook, with the traceback, is {output}; its records carry run_id {run_id}",
                   flush=True)
             break
-        print(f"      ok in {seconds:.0f}s -> {output}", flush=True)
+        print(("\r" if sys.stdout.isatty() else "") + f"      ok in {seconds:.0f}s -> {output}".ljust(110), flush=True)
     return finished
 
 
 @contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    """Set an environment variable (inherited by the kernels started inside) for the block, then restore it."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (inherited by the kernels started inside) for the block, then restore them."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def expected_seconds(path: Path, profile: str, results: Path) -> float | None:
+    """How long `path` took when it last ran under `profile`: its last `ok` run in `results/runs.jsonl`, else, for
+    the quick profile, the run whose outputs are committed with the notebook (`metadata.cropkit.seconds`)."""
+    runs = [r for r in load_records(results / RUNS_FILE) if r.get("notebook") == path.stem and r.get("status") == "ok"]
+    if runs:
+        return float(runs[-1]["seconds"])
+    if profile == "quick":
+        return nbformat.read(path, as_version=4).metadata.get("cropkit", {}).get("seconds")
+    return None
+
+
+class CellProgress:
+    """nbclient's `on_cell_start` hook: one status line per notebook section while it runs — the section's heading,
+    the cell, the time so far and, from the last run's duration, the time left. On a terminal the line is
+    rewritten in place; in a log each new section gets its own line."""
+
+    def __init__(self, path: Path, expected: float | None) -> None:
+        self.sections, heading = [], ""
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"):
+                heading = cell.source.lstrip().splitlines()[0].lstrip("#").strip()
+            self.sections.append(heading)
+        self.expected, self.started, self.shown = expected, time.perf_counter(), None
+        self.live = sys.stdout.isatty()
+
+    def __call__(self, cell: Any, cell_index: int) -> None:
+        elapsed = time.perf_counter() - self.started
+        left = f", about {max(0.0, self.expected - elapsed):.0f} s left" if self.expected else ""
+        section = self.sections[cell_index] if cell_index < len(self.sections) else ""
+        line = f"      {elapsed:4.0f} s  cell {cell_index + 1}/{len(self.sections)}  {section[:60]}{left}"
+        if self.live:
+            print("\r" + line.ljust(110), end="", flush=True)
+        elif section != self.shown:
+            print(line, flush=True)
+        self.shown = section
 
 
 def summary(runs: list[NotebookRun]) -> str:

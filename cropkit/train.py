@@ -28,7 +28,7 @@ from cropkit.checkpoint import cache_key, existing_directory, load_weights, save
 from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
-from cropkit.losses import contrastive_loss, contrastive_terms, fgsm_rs, reconstruction_loss
+from cropkit.losses import L_CON_BATCH, contrastive_loss, contrastive_terms, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import ARCHITECTURES, Architecture, build_autoencoder
 from cropkit.paths import cache_dir
 from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer, non_negative, positive, radius,
@@ -109,10 +109,11 @@ def psnr(model: nn.Module, images: Tensor, batch_size: int = 512) -> float:
 def monitored_contrastive_loss(model: nn.Module, images: Tensor, labels: Tensor | None, eps: float, tau: float,
                                seed: int = 0) -> dict[str, float]:
     """L_con of f_en under FGSM-RS (the quantity CRoPD minimises) and its increase over the clean L_con, means over
-    `images` measured in fixed batches of `L_CON_BATCH` (`contrastive_terms`)."""
+    `images` measured in fixed batches of `L_CON_BATCH` (`contrastive_terms`), or in one batch of all of them when
+    a dataset's test split has fewer (a monitor only: its values then sit on another scale)."""
     device = next(model.parameters()).device
     adversarial, clean = contrastive_terms(model.latent, images.to(device), None if labels is None else labels.to(device),
-                                           eps, tau=tau, seed=seed)
+                                           eps, tau=tau, seed=seed, batch_size=min(L_CON_BATCH, len(images)))
     return {"l_con": float(adversarial.mean()), "l_con_increase": float((adversarial - clean).mean())}
 
 

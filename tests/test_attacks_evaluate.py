@@ -189,5 +189,5 @@ def test_precision_switch_forces_fp32_and_is_recorded(tiny_pipeline, mnist, monk
     seen.clear()
     evaluate(tiny_pipeline, mnist[1].take(16), [pgd(0.05, steps=1)], model_name="m")
     assert set(seen) == {"bf16 autocast"}
-    with pytest.raises(ValueError, match="precision = 'bf8'"):
+    with pytest.raises(ValueError, match="precision = 'bf8'"):  # the validator's "parameter = value" form
         evaluate(tiny_pipeline, mnist[1].take(16), [], model_name="m", precision="bf8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from cropkit import report
@@ -30,6 +31,18 @@ def test_every_notebook_has_reference_records_and_a_summary(reference):
 def test_committed_results_page_and_readme_are_generated_from_the_reference():
     stale = report.stale(PROFILE)
     assert not stale, f"out of date: {stale}; run `cropkit report --profile {PROFILE}` and commit the result"
+
+
+def test_committed_notebooks_carry_outputs_made_by_the_current_code():
+    """The notebooks are committed with the quick profile's outputs (readable without running them); outputs made
+    by an older recipe, or before a code cell was edited, are stale: refresh them with `make reference`."""
+    for path in numbered_notebooks():
+        notebook = nbformat.read(path, as_version=4)
+        stamp = notebook.metadata.get("cropkit")
+        assert stamp, f"{path.name} carries no outputs of the quick profile: run `make reference`"
+        assert stamp["recipes"] == report.recipe_versions(), f"{path.name}: outputs of older recipes {stamp['recipes']}"
+        assert stamp["source"] == report.source_digest(notebook), f"{path.name}: code edited after its outputs were made"
+        assert any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{path.name} has no outputs"
 
 
 def test_a_moved_number_is_reported_and_an_unchanged_run_is_not(reference):
