@@ -2,11 +2,13 @@
 
     python investigations/finetune_recipe.py [--out investigations/finetune_recipe.json]
 
-Budget rule (the same for AFT, TeCoA and PMG-AFT): every method gets the same grid of learning rates and PGD
-steps, the same number of training examples and epochs (hence the same number of attacked training examples),
-and the same start (the linear probe on the frozen embedded ViT-MAE). Each grid point is scored on held-out
-*training* images (never the test split) by PGD-10 accuracy at eps 0.1, clean accuracy breaking ties; each
-method's best point is its recipe. Runs are cached like any fine-tuning run, so a rerun only re-evaluates.
+Budget rule (the same for AFT, TeCoA and PMG-AFT): every method gets the same grid of head starts, learning
+rates and PGD steps, the same number of training examples and epochs (hence the same number of attacked
+training examples). Head starts: the linear probe on the frozen embedded ViT-MAE (SLF), or that probe trained one
+epoch on PGD examples of the frozen stack (ALF: a head already used to adversarial inputs; TeCoA and PMG-AFT keep
+it fixed, AFT trains it on). Each grid point is scored on held-out *training* images (never the test split) by
+PGD-10 accuracy at eps 0.1, clean accuracy breaking ties; each method's best point is its recipe. Runs are cached
+like any fine-tuning run, so a rerun only re-evaluates.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from cropkit.data import load_dataset
 from cropkit.evaluate import evaluate
 from cropkit.finetune import FinetuneConfig, finetune_robust
 from cropkit.pretrain import load_foundation
-from cropkit.protocols import fit_slf
+from cropkit.protocols import fit_alf, fit_slf
 from cropkit.results import provenance
 
 METHODS = ("aft", "tecoa", "pmg-aft")
-LEARNING_RATES = (1e-4, 3e-4, 1e-3)
-ATTACK_STEPS = (2, 3)
+STARTS = ("slf", "alf")
+LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+ATTACK_STEPS = (3,)
 EPOCHS, N_TRAIN, N_VALIDATION, EPS = 4, 1000, 300, 0.1
 
 
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--foundation", default="embedded", help="as notebook 06's `foundation` (a smoke run: a tiny one)")
+    parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=STARTS)
     parser.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES))
     parser.add_argument("--steps", type=int, nargs="+", default=list(ATTACK_STEPS))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
@@ -47,27 +51,29 @@ def main() -> None:
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     validation = replace(train, images=train.images[order[:N_VALIDATION]], labels=train.labels[order[:N_VALIDATION]])
     fitting = replace(train, images=train.images[order[N_VALIDATION:]], labels=train.labels[order[N_VALIDATION:]])
-    start = fit_slf(None, load_foundation(args.foundation), fitting)
+    slf = fit_slf(None, load_foundation(args.foundation), fitting)
+    starts = {"slf": slf, "alf": fit_alf(slf, fitting.take(args.n_train), pgd(EPS, 3), epochs=1)[0]}
     rows = []
-    for method, lr, steps in itertools.product(args.methods, args.lr, args.steps):
+    for method, start, lr, steps in itertools.product(args.methods, args.starts, args.lr, args.steps):
         config = FinetuneConfig(method=method, eps=EPS, lr=lr, attack_steps=steps, epochs=args.epochs,
                                 n_train=args.n_train)
-        run = finetune_robust(start, fitting, config)
+        run = finetune_robust(starts[start], fitting, config)
         (record,) = evaluate(run.pipeline, validation, [pgd(EPS, 10)], model_name=config.name)
-        rows.append({"method": method, "lr": lr, "attack_steps": steps, "config": asdict(config),
+        rows.append({"method": method, "start": start, "lr": lr, "attack_steps": steps, "config": asdict(config),
                      "validation_clean": record["clean_accuracy"], "validation_pgd10": record["robust_accuracy"],
                      "validation_pgd10_interval": record["robust_interval"],
                      "history": [{k: v for k, v in h.items() if k.startswith("train_") or k == "epoch"}
                                  for h in run.history]})
-        print(f"{config.name} lr {lr:g} PGD-{steps}: clean {record['clean_accuracy']:.1%}, "
+        print(f"{config.name} from {start.upper()}, lr {lr:g} PGD-{steps}: clean {record['clean_accuracy']:.1%}, "
               f"PGD-10 {record['robust_accuracy']:.1%}", flush=True)
     best = {m: max((r for r in rows if r["method"] == m), key=lambda r: (r["validation_pgd10"], r["validation_clean"]))
             for m in args.methods}
     args.out.write_text(json.dumps({"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(),
-                                    "grid": {"lr": args.lr, "attack_steps": args.steps, "epochs": args.epochs,
+                                    "grid": {"start": args.starts, "lr": args.lr, "attack_steps": args.steps,
+                                             "epochs": args.epochs,
                                              "n_train": args.n_train, "n_validation": N_VALIDATION, "eps": EPS,
                                              "foundation": args.foundation},
-                                    "runs": rows, "chosen": {m: {"lr": r["lr"], "attack_steps": r["attack_steps"]}
+                                    "runs": rows, "chosen": {m: {"start": r["start"], "lr": r["lr"], "attack_steps": r["attack_steps"]}
                                                              for m, r in best.items()},
                                     **provenance("cpu")}, indent=1) + "\n")
 
