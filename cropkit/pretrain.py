@@ -25,8 +25,8 @@ from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.models.foundation import FoundationModel, Pooling, quiet_transformers
 from cropkit.paths import cache_dir
-from cropkit.validate import (UNTRAINED, check_fields, choice, fraction, integer, non_negative, positive, require,
-                              text)
+from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, fraction, integer, non_negative, positive,
+                              require, text)
 
 
 # Bump when a code change alters what pre-training produces for the same config (it keys the cache).
@@ -48,6 +48,7 @@ class MAEConfig:
     decoder_layers: int = 2
     decoder_heads: int = 4
     mask_ratio: float = 0.75
+    norm_pix_loss: bool = False  # MAE's loss on per-patch normalised pixels (He et al. 2022: better features)
     max_shift: int = 2  # random translation in pixels, the augmentation (flips would change digits)
     epochs: int = 80
     batch_size: int = 128
@@ -61,7 +62,8 @@ class MAEConfig:
         check_fields(self, dataset=text, image_size=positive_int, patch_size=positive_int, hidden_size=positive_int,
                      num_layers=positive_int, num_heads=positive_int, mlp_ratio=positive_int,
                      decoder_hidden_size=positive_int, decoder_layers=positive_int, decoder_heads=positive_int,
-                     mask_ratio=fraction(include_zero=True, include_one=False), max_shift=integer(0), epochs=integer(1, why=UNTRAINED),
+                     mask_ratio=fraction(include_zero=True, include_one=False), norm_pix_loss=boolean,
+                     max_shift=integer(0), epochs=integer(1, why=UNTRAINED),
                      batch_size=positive_int, lr=positive, weight_decay=non_negative, warmup_epochs=integer(0),
                      seed=integer(0))
         for field, size, divisor in (("patch_size", self.image_size, self.patch_size),
@@ -83,6 +85,7 @@ class MAEConfig:
             decoder_num_attention_heads=self.decoder_heads,
             decoder_intermediate_size=self.mlp_ratio * self.decoder_hidden_size,
             mask_ratio=self.mask_ratio,
+            norm_pix_loss=self.norm_pix_loss,
             # transformers defaults to 1e-12, which with zero-initialised tokens gives NaN gradients on blank
             # patches (METHOD.md section 4); 1e-6 is the original MAE's value.
             layer_norm_eps=1e-6,
