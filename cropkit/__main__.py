@@ -1,4 +1,5 @@
-"""Command line: `python -m cropkit pretrain-fm` and `python -m cropkit reproduce --profile quick`."""
+"""Command line: `python -m cropkit pretrain-fm`, `python -m cropkit plan --profile paper` and
+`python -m cropkit reproduce --profile quick`."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if runs and all(r.status == "ok" for r in runs) else 1
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from cropkit.budget import calibrate, estimate
+    from cropkit.reproduce import parse_overrides
+
+    only = args.only.split(",") if args.only else None
+    try:
+        throughput = calibrate() if args.calibrate else None
+        plan = estimate(args.profile, only=only, overrides=parse_overrides(args.param), mfu=args.mfu,
+                        throughput=throughput, respect_cache=args.from_cache, measure=not args.closed_form)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(plan.table())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cropkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,9 +66,23 @@ def main(argv: list[str] | None = None) -> int:
     fm.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
     fm.set_defaults(run=_pretrain_fm)
 
+    pl = commands.add_parser("plan", help="what `reproduce` with these arguments will cost: FLOPs, GPU-hours, "
+                                          "peak memory and downloads per notebook run, and the total")
+    pl.add_argument("--profile", default="quick", help="configs/<profile>.yaml (default: quick)")
+    pl.add_argument("--only", help="comma-separated notebook numbers or NN:tag runs, e.g. 00,02:cifar10")
+    pl.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a notebook parameter, as for reproduce")
+    pl.add_argument("--mfu", type=float, default=0.35, help="model-FLOPs utilisation of the H100 (default: 0.35)")
+    pl.add_argument("--calibrate", action="store_true",
+                    help="hours on this machine instead: time the kit's steps here for a FLOP/s figure")
+    pl.add_argument("--from-cache", action="store_true", help="leave out what the cache already holds")
+    pl.add_argument("--closed-form", action="store_true",
+                    help="skip counting the kit's steps (the meas/closed column; minutes on a slow CPU, then cached)")
+    pl.set_defaults(run=_plan)
+
     rp = commands.add_parser("reproduce", help="execute the numbered notebooks with papermill under a profile")
     rp.add_argument("--profile", default="quick", help="configs/<profile>.yaml (default: quick)")
-    rp.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,02")
+    rp.add_argument("--only", help="comma-separated notebook numbers or NN:tag runs, e.g. 00,02:cifar10")
     rp.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (repeatable; values parsed as YAML)")
     rp.add_argument("--kernel", default="cropkit", help="Jupyter kernel to run the notebooks in (default: cropkit)")

@@ -5,8 +5,11 @@ Kinds: `fgsm`, `pgd` (eps, step, steps, random start, restarts), `apgd-ce` (APGD
 AutoAttack's two gradient-based components, `steps` each: the strong attack that fits a CPU budget), `autoattack`
 (torchattacks' own composition, whose APGD / APGD-T / FAB-T run 10 iterations each) and `autoattack-original`
 (the strength of the original AutoAttack standard version: APGD-CE, APGD-T and FAB-T with 100 steps, Square
-with 5,000 queries). Use the latter for headline numbers. APGD-T and AutoAttack always get the number of
-classes and a seed.
+with 5,000 queries, APGD-T and FAB-T on the 9 most likely other classes). Use the latter for headline numbers.
+APGD-T and AutoAttack always get the number of classes and a seed. torchattacks targets every other class in
+APGD-T and FAB-T (99 on CIFAR-100, 199 on Tiny-ImageNet); `autoattack-original` caps them at the original's 9.
+APGD-T's targeted DLR loss reads the 3rd and 4th largest logits, so the kinds that contain it refuse tasks of
+fewer than 4 classes (CIFAR-2) before anything runs, as the original AutoAttack does; use `apgd-ce` there.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch import nn
 AttackKind = Literal["fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original"]
 KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original")
 IMPLEMENTATION = f"torchattacks {torchattacks.__version__}"
+ORIGINAL_TARGET_CLASSES = 9  # target classes of APGD-T and FAB-T in the original AutoAttack's standard version
+NEEDS_FOUR_CLASSES = ("apgd", "autoattack", "autoattack-original")  # the kinds with APGD-T (targeted DLR loss)
 
 
 def validate_eps(eps: float) -> float:
@@ -75,11 +80,21 @@ class AttackSpec:
         elif self.kind == "autoattack":
             settings |= {"version": "standard", "components": "APGD-CE, APGD-T, FAB-T (10 steps each), Square 5000"}
         elif self.kind == "autoattack-original":
-            settings |= {"components": "APGD-CE, APGD-T, FAB-T (100 steps each), Square 5000"}
+            settings |= {"components": f"APGD-CE, APGD-T, FAB-T (100 steps each, APGD-T and FAB-T on at most "
+                                       f"{ORIGINAL_TARGET_CLASSES} target classes), Square 5000"}
         return settings
+
+    def check_classes(self, n_classes: int) -> None:
+        """Refuse a task this attack cannot run on: APGD-T needs at least 4 classes (module docstring)."""
+        if self.kind in NEEDS_FOUR_CLASSES and n_classes < 4:
+            raise ValueError(
+                f"attack {self.kind!r} contains APGD-T, whose targeted DLR loss needs at least 4 classes (the original "
+                f"AutoAttack refuses fewer too); this task has {n_classes}. Use 'apgd-ce' (steps=100 for the "
+                "original's strength) or PGD for 2- and 3-class tasks such as CIFAR-2.")
 
     def build(self, model: nn.Module, n_classes: int, seed: int) -> torchattacks.Attack:
         """The torchattacks object attacking `model` (which takes [0, 1] images and returns logits)."""
+        self.check_classes(n_classes)
         eps = self.eps
         if self.kind == "fgsm":
             return torchattacks.FGSM(model, eps=eps)
@@ -97,11 +112,16 @@ class AttackSpec:
             ])
         if self.kind == "autoattack":
             return torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=seed)
-        return torchattacks.MultiAttack([
-            torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
+        targeted = [
             torchattacks.APGDT(model, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=n_classes, seed=seed),
             torchattacks.FAB(model, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True,
                              n_classes=n_classes, seed=seed),
+        ]
+        for attack in targeted:  # torchattacks sets n_classes - 1
+            attack.n_target_classes = min(ORIGINAL_TARGET_CLASSES, n_classes - 1)
+        return torchattacks.MultiAttack([
+            torchattacks.APGD(model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=seed),
+            *targeted,
             torchattacks.Square(model, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=seed),
         ])
 

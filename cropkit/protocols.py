@@ -4,7 +4,7 @@
   linear head is fitted on them (`cropkit.heads`).
 - ALF (adversarial linear fine-tuning): starting from the SLF head, the head is trained on adversarial
   examples made by attacking the *whole* pipeline each step (PGD through pre-processor, foundation model and
-  head); the stack stays frozen.
+  head); the stack stays frozen. Under bf16 autocast on CUDA, as `evaluate` attacks (fp32 on the CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from cropkit import precision
 from cropkit.attacks import AttackSpec
 from cropkit.cost import measure
 from cropkit.data import ImageData
@@ -53,14 +54,15 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     images, labels = train.tensors()
     torch.manual_seed(seed)  # torchattacks' random starts
     history = []
+    attacked = precision.Fp32Logits(pipeline)
     for epoch in tqdm(range(epochs), desc="ALF head", disable=not progress):
-        adversary = attack.build(pipeline, n_classes=train.num_classes, seed=seed + epoch)
+        adversary = attack.build(attacked, n_classes=train.num_classes, seed=seed + epoch)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         means = RunningMeans()
         with measure(head, examples=len(images), device=device) as cost:
             for batch in shuffled_batches(len(images), batch_size, generator):
                 x, y = images[batch].to(device), labels[batch].to(device)
-                logits = pipeline(adversary(x, y))
+                logits = attacked(adversary(x, y))
                 loss = F.cross_entropy(logits, y)
                 descend(loss, optimizer, scheduler, name="ALF head", epoch=epoch)
                 means.add({"adv_loss": loss.item(), "adv_accuracy": (logits.argmax(1) == y).float().mean().item()},

@@ -1,12 +1,15 @@
 """Batch reproduction: run the numbered notebooks with papermill under a profile of parameters.
 
 A profile is `configs/<name>.yaml` with `parameters` (given to every notebook that declares them) and optional
-`notebooks` (per-notebook overrides keyed by number, e.g. "00"). Executed notebooks and results files go to
-`<out>/results/<profile>/`, figures to `<out>/figures/<profile>/`; `out` defaults to the project root.
+`notebooks` (per-notebook overrides keyed by number, e.g. "00"). A notebook's entry may hold `runs`, a list of
+parameter sets: the notebook then runs once per set (e.g. once per dataset), each run named by its `tag` or else
+its `dataset`. Executed notebooks and results files go to `<out>/results/<profile>/`, figures to
+`<out>/figures/<profile>/`, and a tagged run's to a `<tag>/` folder inside each; `out` defaults to the project root.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -71,8 +74,9 @@ class NotebookRun:
 
 
 def select(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
-    """The notebooks whose number (or full stem) is in `only`; all of them when `only` is empty."""
-    wanted = {o.strip() for o in only or [] if o.strip()}
+    """The notebooks whose number (or full stem) is in `only`; all of them when `only` is empty. An entry may
+    name one run of a notebook as `NN:tag` (see `plan`)."""
+    wanted = {o.strip().partition(":")[0] for o in only or [] if o.strip()}
     if not wanted:
         return notebooks
     chosen = [nb for nb in notebooks if nb.stem[:2] in wanted or nb.stem in wanted]
@@ -82,27 +86,85 @@ def select(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
     return chosen
 
 
-def output_dirs(profile: str, out: Path | None = None) -> tuple[Path, Path]:
+def notebook_runs(entry: Mapping[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """A profile's entry for one notebook as (tag, parameters) per run: one untagged run, or one per `runs` item
+    (the entry's other keys shared by all), tagged by its `tag` or else its `dataset`."""
+    if "runs" not in entry:
+        return [(None, dict(entry))]
+    shared = {k: v for k, v in entry.items() if k != "runs"}
+    runs = []
+    for item in entry["runs"]:
+        params = {k: v for k, v in item.items() if k != "tag"}
+        tag = item.get("tag") or params.get("dataset")
+        if not tag:
+            raise ValueError(f"every item of `runs` needs a `tag` or a `dataset` to name its outputs; got {item}")
+        runs.append((str(tag), shared | params))
+    tags = [tag for tag, _ in runs]
+    if len(set(tags)) != len(tags):
+        raise ValueError(f"the runs of one notebook need distinct tags, got {tags}")
+    return runs
+
+
+def output_dirs(profile: str, out: Path | None = None, tag: str | None = None) -> tuple[Path, Path]:
     """(results folder, figures folder) of a profile's run under `out` (default: the project root)."""
     base = out or project_root()
-    return base / "results" / profile, base / "figures" / profile
+    results, figures = base / "results" / profile, base / "figures" / profile
+    if tag is None:
+        return results, figures
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", tag)  # "cifar10-subset[cat,dog]" -> "cifar10-subset_cat_dog_"
+    return results / folder, figures / folder
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One execution of a notebook: the notebook, its run's tag (None for a notebook's only run), its parameters."""
+
+    notebook: Path
+    tag: str | None
+    parameters: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """'02_main_results' or '02_main_results:cifar10'."""
+        return self.notebook.stem + (f":{self.tag}" if self.tag is not None else "")
+
+    @property
+    def output(self) -> Path:
+        """Where the executed notebook is written: its run's results folder."""
+        return Path(self.parameters["results_dir"]) / self.notebook.name
 
 
 def plan(profile: str, only: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
-         out: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """Each selected notebook with the parameters it will receive; unknown override keys raise."""
+         out: Path | None = None) -> list[PlannedRun]:
+    """Each selected run with the parameters it will receive; unknown override keys raise.
+
+    `only` holds notebook numbers or stems (every run of each), or `NN:tag` for one run.
+    """
     spec = load_profile(profile)
-    results, figures = output_dirs(profile, out)
-    chosen = select(numbered_notebooks(), only)
+    wanted: dict[str, set[str | None]] = {}
+    for entry in only or []:
+        key, _, tag = entry.strip().partition(":")
+        if key:
+            wanted.setdefault(key, set()).add(tag or None)
     overrides = dict(overrides or {})
     runs, used = [], set()
-    for path in chosen:
+    for path in select(numbered_notebooks(), list(wanted)):
         declared = notebook_parameters(path)
-        merged = {**spec["parameters"], **spec["notebooks"].get(path.stem[:2], {}), **overrides,
-                  "results_dir": str(results), "figures_dir": str(figures)}
-        params = {k: v for k, v in merged.items() if k in declared}
-        used |= params.keys()
-        runs.append((path, params))
+        tags = wanted.get(path.stem[:2], set()) | wanted.get(path.stem, set())
+        available = notebook_runs(spec["notebooks"].get(path.stem[:2], {}))
+        missing = tags - {None} - {tag for tag, _ in available}
+        if missing:
+            raise ValueError(f"{path.stem} has no run tagged {sorted(missing)} in profile {profile!r}; its runs: "
+                             f"{[tag for tag, _ in available]}")
+        for tag, entry in available:
+            if tags and None not in tags and tag not in tags:
+                continue
+            results, figures = output_dirs(profile, out, tag)
+            merged = {**spec["parameters"], **entry, **overrides,
+                      "results_dir": str(results), "figures_dir": str(figures)}
+            params = {k: v for k, v in merged.items() if k in declared}
+            used |= params.keys()
+            runs.append(PlannedRun(path, tag, params))
     unused = set(overrides) - used
     if unused:
         raise ValueError(f"No selected notebook declares the parameter(s) {sorted(unused)}")
@@ -123,23 +185,22 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
             f"`python -m ipykernel install --sys-prefix --name {kernel}` inside the kit's environment."
         ) from None
     runs = plan(profile, only, overrides, out)
-    out_dir = output_dirs(profile, out)[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
     finished: list[NotebookRun] = []
-    for i, (path, params) in enumerate(runs, 1):
-        output = out_dir / path.name
-        print(f"[{i}/{len(runs)}] {path.stem} ...", flush=True)
+    for i, run in enumerate(runs, 1):
+        output = run.output
+        output.parent.mkdir(parents=True, exist_ok=True)
+        print(f"[{i}/{len(runs)}] {run.name} ...", flush=True)
         started = time.perf_counter()
         try:
-            papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel,
+            papermill.execute_notebook(str(run.notebook), str(output), parameters=run.parameters, kernel_name=kernel,
                                        cwd=str(notebooks_dir()), progress_bar=False)
         except papermill.PapermillExecutionError as error:
-            finished.append(NotebookRun(path.stem, "FAILED", time.perf_counter() - started, output,
+            finished.append(NotebookRun(run.name, "FAILED", time.perf_counter() - started, output,
                                         f"cell {error.exec_count}: {error.ename}: {error.evalue}"))
             print(f"      FAILED after {finished[-1].seconds:.0f}s: {finished[-1].error}\n"
                   f"      the executed notebook, with the traceback, is {output}", flush=True)
             break
-        finished.append(NotebookRun(path.stem, "ok", time.perf_counter() - started, output))
+        finished.append(NotebookRun(run.name, "ok", time.perf_counter() - started, output))
         print(f"      ok in {finished[-1].seconds:.0f}s -> {output}", flush=True)
     return finished
 
