@@ -16,31 +16,37 @@ import numpy as np
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TINY_WNIDS = ["n01443537", "n01629819", "n01641577", "n01644900", "n01698640"]
-# What torchvision's check_integrity becomes in tests: the file must exist; its MD5 is not compared.
-SITECUSTOMIZE = '''
-import os
-import torchvision.datasets.cifar, torchvision.datasets.svhn, torchvision.datasets.utils
 
 
-def _exists(fpath, md5=None):
-    return os.path.isfile(fpath)
+def _exists(fpath: str, md5: str | None = None) -> bool:
+    """torchvision's `check_integrity` in tests: the file must exist; its MD5 is not compared."""
+    return Path(fpath).is_file()
 
 
-for _module in (torchvision.datasets.utils, torchvision.datasets.cifar, torchvision.datasets.svhn):
-    _module.check_integrity = _exists
-'''
-
-
-def skip_checksums(monkeypatch) -> None:
-    """In this process, torchvision checks that a dataset file exists but not its MD5 (the real files' sums)."""
-    namespace: dict = {}
-    exec(SITECUSTOMIZE, namespace)
+def patch_checksums(setattr=setattr) -> None:
+    """Replace `check_integrity` wherever torchvision's dataset modules hold it (pass `monkeypatch.setattr` in a
+    test, so that it is restored afterwards)."""
     import torchvision.datasets.cifar
     import torchvision.datasets.svhn
     import torchvision.datasets.utils
 
     for module in (torchvision.datasets.utils, torchvision.datasets.cifar, torchvision.datasets.svhn):
-        monkeypatch.setattr(module, "check_integrity", namespace["_exists"])
+        setattr(module, "check_integrity", _exists)
+
+
+def skip_checksums(monkeypatch) -> None:
+    """In this process, torchvision checks that a dataset file exists but not its MD5 (the real files' sums)."""
+    patch_checksums(monkeypatch.setattr)
+
+
+def sitecustomize(folder: Path) -> Path:
+    """A `sitecustomize.py` in `folder` that calls `patch_checksums` when a Python process (a Jupyter kernel) starts
+    with `folder` on its PYTHONPATH; returns `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport miniature\n"
+        "miniature.patch_checksums()\n")
+    return folder
 
 
 def class_level(label: int) -> int:
