@@ -18,6 +18,8 @@ utilisation (MFU), peak GPU memory and the download size; then the total. How (k
   terms, ACL and MAE pre-training run without autocast. Plus `RUN_OVERHEAD_S` per notebook run.
 - Work the kit caches (pre-processors, fine-tuned models, ACL encoders, the embedded foundation model) is counted
   once, in the first run that trains it; `respect_cache=True` also drops what the cache already holds.
+- The linear heads are fitted by L-BFGS on the host's CPU (`HOST_FLOPS`, `HEAD_EVALUATIONS`); their hours are
+  in the total, since the notebook waits for them.
 - Peak memory: the largest job's weights (4 bytes per parameter), its trained parameters' gradients and AdamW
   states (12 bytes each) and, where it differentiates through a network, the batch's activations (every leaf
   module's output, counted on the meta device; 2 bytes each under bf16, 4 under fp32).
@@ -43,10 +45,15 @@ from cropkit.cost import FlopCounter, vit_forward_flops
 from cropkit.models.autoencoder import VIT_SIZES
 from cropkit.paths import resolve
 
-Precision = Literal["bf16", "tf32", "fp32"]
+Precision = Literal["bf16", "tf32", "fp32", "host"]
 # H100 SXM dense peaks (FLOP/s): bf16 tensor cores, TF32 tensor cores, fp32 without tensor cores.
 PEAK_FLOPS: dict[str, float] = {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12}
 MFU = 0.35
+# The linear heads are fitted by L-BFGS on the CPU (`heads.train_linear_head`): the host's achieved fp32 FLOP/s on
+# those products (an assumption: a GPU server's cores), and the evaluations per fit (measured: 955 for the six fits
+# of the MNIST-5k pixel probe, so about 160 each; convergence varies with the data).
+HOST_FLOPS = 5e11
+HEAD_EVALUATIONS = 160
 RUN_OVERHEAD_S = 15.0  # per notebook run: kernel start, imports, data loading (measured on the 2-core CPU: 10-20 s)
 SURVIVING = {"identity": 0.03, "defended": 0.3}  # fraction left after APGD-CE (Identity: the paper's 2-3%)
 MONITOR_SIZE = 512  # cropkit.train.MONITOR_SIZE: test images tracked every pre-processor epoch
@@ -155,10 +162,13 @@ class Network:
     parameters: int
     activations: float  # leaf-module output elements of one example's forward
     encoder_share: float = 1.0  # an auto-encoder's `latent` over its whole forward
+    feature_dim: int = 0  # the features a linear head reads (foundation models)
 
     def __add__(self, other: Network) -> Network:
+        """A stack: `self` in front of `other` (whose features the head reads)."""
         return Network(f"{self.name} + {other.name}", self.forward_flops + other.forward_flops,
-                       self.parameters + other.parameters, self.activations + other.activations)
+                       self.parameters + other.parameters, self.activations + other.activations,
+                       feature_dim=other.feature_dim)
 
 
 def _count(module: nn.Module, example: torch.Tensor, call: Callable[[torch.Tensor], Any] | None = None) -> tuple[float, float]:
@@ -194,7 +204,8 @@ def foundation_network(spec: str, image_size: int, channels: int, pooling: str =
     flops = vit_forward_flops(image_size=config.image_size, patch_size=config.patch_size,
                               hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
                               intermediate_size=config.intermediate_size, num_channels=config.num_channels)
-    return Network(spec, flops, sum(p.numel() for p in model.parameters()), activations)
+    return Network(spec, flops, sum(p.numel() for p in model.parameters()), activations,
+                   feature_dim=model.feature_dim)
 
 
 @cache
@@ -218,7 +229,8 @@ def resnet_network(channels: int, image_size: int, width: int, blocks_per_stage:
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = ResNet(channels, width, blocks_per_stage, mean=[0.5] * channels, std=[0.5] * channels)
         flops, activations = _count(model, torch.empty(1, channels, image_size, image_size), lambda x: model(x, "pgd"))
-    return Network(f"ResNet (width {width})", flops, sum(p.numel() for p in model.parameters()), activations)
+    return Network(f"ResNet (width {width})", flops, sum(p.numel() for p in model.parameters()), activations,
+                   feature_dim=model.feature_dim)
 
 
 @cache
@@ -449,9 +461,13 @@ class Job:
         return self.examples * (self.measured if self.measured is not None else self.passes) * self.network.forward_flops
 
     def seconds(self, mfu: float, throughput: float | None = None) -> float:
-        return self.flops / (throughput or PEAK_FLOPS[self.precision] * mfu)
+        if throughput is None:
+            throughput = HOST_FLOPS if self.precision == "host" else PEAK_FLOPS[self.precision] * mfu
+        return self.flops / throughput
 
     def memory_bytes(self) -> float:
+        if self.precision == "host":
+            return 0.0  # not on the GPU
         bytes_per = 2 if self.precision == "bf16" else 4
         kept = self.batch * self.network.activations * bytes_per if self.backward else 0.0
         return 4 * self.network.parameters + 12 * self.trained + kept
@@ -509,9 +525,20 @@ class Workload:
         return ae
 
     def slf(self, stack: Network, dataset: str, n: int | None = None) -> None:
-        """Features of the clean training set through the frozen stack (`fit_slf`)."""
-        self.add(f"SLF features ({stack.name})", "train", stack, n or self.data(dataset).train, 1.0, "bf16", 256,
-                 backward=False)
+        """`fit_slf`: features of the clean training set through the frozen stack, then the linear head."""
+        n = n or self.data(dataset).train
+        self.add(f"SLF features ({stack.name})", "train", stack, n, 1.0, "bf16", 256, backward=False)
+        self.head(n, stack.feature_dim, self.data(dataset).classes)
+
+    def head(self, n: int, features: int, classes: int) -> None:
+        """`train_linear_head` on the CPU: a fit per weight decay on 80% of the data, a refit on all of it, each
+        `HEAD_EVALUATIONS` forward and backward passes (3 x 2 x features x classes FLOPs per example)."""
+        from cropkit.heads import WEIGHT_DECAYS
+
+        linear = Network("linear head", 2.0 * features * classes, features * classes, 0.0)
+        fits = 0.8 * len(WEIGHT_DECAYS) + 1
+        self.add(f"linear head ({features} features, {classes} classes)", "train", linear, n,
+                 3 * HEAD_EVALUATIONS * fits, "host", n, backward=False)
 
     def evaluate(self, stack: Network, n: int, attacks: Iterable[AttackSpec], classes: int, role: str) -> None:
         """`evaluate(...)` (bf16 autocast): a clean pass, then each attack and a prediction of its examples."""
@@ -559,6 +586,8 @@ def nb00(w: Workload) -> None:
     p, d = w.p, w.data(w.p["dataset"])
     fm = w.foundation(p["dataset"])
     w.add("probe features (train + test)", "train", fm, d.train + d.test, 1.0, "bf16", 256, backward=False)
+    w.head(d.train, fm.feature_dim, d.classes)
+    w.head(d.train, d.channels * d.image_size**2, d.classes)  # the same head on raw pixels
     n = w.n("n_eval", p["dataset"])
     w.evaluate(fm, d.test, [], d.classes, "identity")  # the probe's accuracy check
     w.evaluate(fm, n, [pgd(p["eps"], 10), pgd(p["eps"], 20), AttackSpec(p["autoattack"], p["eps"])], d.classes, "identity")
@@ -818,12 +847,14 @@ class Plan:
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(len(lines) - 1, "-" * len(lines[0]))
         basis = (f"{self.throughput / 1e9:.1f} GFLOP/s measured on this machine" if self.throughput is not None else
-                 f"one {self.device} at {self.mfu:.0%} MFU of its dense peaks (bf16 989, TF32 495, fp32 67 TFLOP/s)")
+                 f"one {self.device} at {self.mfu:.0%} MFU of its dense peaks (bf16 989, TF32 495, fp32 67 TFLOP/s), "
+                 f"linear heads on the host CPU at {HOST_FLOPS / 1e9:.0f} GFLOP/s")
         return "\n".join(lines + [
-            f"Profile {self.profile}: {self.seconds() / 3600:.1f} hours on {basis}, plus {RUN_OVERHEAD_S:.0f} s per run; "
-            "FLOPs in closed form (meas/closed: pass counts measured on the kit's steps); attacks on every example, "
-            f"AutoAttack's later components on {SURVIVING['defended']:.0%} (Identity {SURVIVING['identity']:.0%}) "
-            "survivors; work the kit caches counted once ('cached': trainings this run reuses)."])
+            f"Profile {self.profile}: {self.seconds() / 3600:.1f} hours on {basis}, plus {RUN_OVERHEAD_S:.0f} s per run. "
+            "FLOPs in closed form (meas/closed: with pass counts measured on the kit's steps); attacks on every "
+            f"example, AutoAttack's later components on {SURVIVING['defended']:.0%} (Identity "
+            f"{SURVIVING['identity']:.0%}) survivors; work the kit caches counted once (cached: trainings a run "
+            "reuses). See cropkit/budget.py for the assumptions."])
 
 
 def _in_cache(key: Hashable) -> bool:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from cropkit.models.foundation import check_images
 
-Architecture = Literal["conv", "vit", "vit-small", "vit-base"]
+Architecture = Literal["conv", "vit", "vit-small", "vit-base", "vit-tiny"]
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,12 @@ class ViTSize:
     decoder_heads: int
 
 
-# Fractions of ViT-MAE-Large's 303.3M encoder parameters, whole auto-encoder counted, at 32x32 (test_paper_shapes).
+# Fractions of ViT-MAE-Large's 303.3M encoder parameters, whole auto-encoder counted, at 32x32 (test_paper_shapes);
+# `vit-tiny` has their patch layout at a CPU's size (tests and smoke runs of the paper profile).
 VIT_SIZES: dict[str, ViTSize] = {
     "vit-small": ViTSize(384, 12, 6, 192, 2, 3),  # ViT-Small's encoder: 22.3M, 7.4%
     "vit-base": ViTSize(768, 10, 12, 384, 4, 6),  # ViT-Base's width, 10 layers: 78.4M, 25.9%
+    "vit-tiny": ViTSize(48, 2, 2, 32, 1, 1),  # 0.1M
 }
 
 
