@@ -1,5 +1,5 @@
-"""Command line: `python -m cropkit pretrain-fm`, `python -m cropkit plan --profile paper` and
-`python -m cropkit reproduce --profile quick`."""
+"""Command line: `python -m cropkit pretrain-fm`, `plan --profile paper`, `download --profile paper` and
+`reproduce --profile quick` (under torchrun: `torchrun --nproc_per_node 8 -m cropkit reproduce --profile paper`)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,20 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from cropkit.budget import prefetch
+    from cropkit.reproduce import parse_overrides
+
+    only = args.only.split(",") if args.only else None
+    try:
+        for line in prefetch(args.profile, only=only, overrides=parse_overrides(args.param)):
+            print(line, flush=True)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cropkit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,7 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip counting the kit's steps (the meas/closed column; minutes on a slow CPU, then cached)")
     pl.set_defaults(run=_plan)
 
-    rp = commands.add_parser("reproduce", help="execute the numbered notebooks with papermill under a profile")
+    dl = commands.add_parser("download", help="fetch and read every dataset and hub model a profile's runs need")
+    dl.add_argument("--profile", default="quick", help="configs/<profile>.yaml (default: quick)")
+    dl.add_argument("--only", help="comma-separated notebook numbers or NN:tag runs")
+    dl.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="as for reproduce")
+    dl.set_defaults(run=_download)
+
+    rp = commands.add_parser("reproduce", help="execute the numbered notebooks with papermill under a profile "
+                                               "(under torchrun: each process its share, on its GPU)")
     rp.add_argument("--profile", default="quick", help="configs/<profile>.yaml (default: quick)")
     rp.add_argument("--only", help="comma-separated notebook numbers or NN:tag runs, e.g. 00,02:cifar10")
     rp.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",

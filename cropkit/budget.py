@@ -779,6 +779,11 @@ class RunEstimate:
     foundations: set[str]
     overhead_s: float = RUN_OVERHEAD_S
 
+    @property
+    def keys(self) -> set[Hashable]:
+        """The cached artifacts this run trains or reuses."""
+        return {j.key for j in self.jobs + self.cached if j.key is not None}
+
     def flops(self, column: str | None = None) -> float:
         return sum(j.flops for j in self.jobs if column in (None, j.column))
 
@@ -823,6 +828,40 @@ class Plan:
     def seconds(self) -> float:
         return sum(r.seconds(self.mfu, self.throughput) for r in self.runs)
 
+    def schedule(self, workers: int) -> list[list[RunEstimate]]:
+        """The runs in `workers` queues, one per GPU: runs that train or reuse one cached artifact share a queue, in
+        profile order (the first trains it, the later ones find it in the cache; two processes never train it at
+        once), and the groups go longest first to the least loaded queue."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        group = list(range(len(self.runs)))
+
+        def root(i: int) -> int:
+            while group[i] != i:
+                i = group[i]
+            return i
+
+        owner: dict[Hashable, int] = {}
+        for i, run in enumerate(self.runs):
+            for key in run.keys:
+                group[root(i)] = root(owner.setdefault(key, i))
+        groups: dict[int, list[int]] = {}
+        for i in range(len(self.runs)):
+            groups.setdefault(root(i), []).append(i)
+        hours = {g: sum(self.runs[i].seconds(self.mfu, self.throughput) for i in members)
+                 for g, members in groups.items()}
+        queues: list[list[int]] = [[] for _ in range(workers)]
+        loads = [0.0] * workers
+        for g in sorted(groups, key=lambda g: -hours[g]):
+            w = loads.index(min(loads))
+            queues[w] += groups[g]
+            loads[w] += hours[g]
+        return [[self.runs[i] for i in sorted(q)] for q in queues]
+
+    def makespan(self, workers: int) -> float:
+        """Seconds until the last of `workers` GPUs finishes its queue (`schedule`)."""
+        return max(sum(r.seconds(self.mfu, self.throughput) for r in q) for q in self.schedule(workers))
+
     def table(self) -> str:
         """The per-run table and its total, as plain text."""
         unit = "h (H100)" if self.throughput is None else "h (calibrated)"
@@ -854,7 +893,9 @@ class Plan:
             "FLOPs in closed form (meas/closed: with pass counts measured on the kit's steps); attacks on every "
             f"example, AutoAttack's later components on {SURVIVING['defended']:.0%} (Identity "
             f"{SURVIVING['identity']:.0%}) survivors; work the kit caches counted once (cached: trainings a run "
-            "reuses). See cropkit/budget.py for the assumptions."])
+            "reuses). See cropkit/budget.py for the assumptions.",
+            "Under torchrun (runs that share cached training stay on one GPU): "
+            + ", ".join(f"{n} GPUs {self.makespan(n) / 3600:.1f} h" for n in (2, 4, 8)) + "."])
 
 
 def _in_cache(key: Hashable) -> bool:
@@ -897,6 +938,24 @@ def estimate(profile: str, only: Iterable[str] | None = None, overrides: Mapping
         trained |= {job.key for job in workload.jobs if job.key is not None}
         runs.append(RunEstimate(run.name, jobs, cached, workload.datasets, workload.foundations))
     return Plan(profile, runs, mfu, throughput)
+
+
+def prefetch(profile: str, only: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Download (or find) and read every dataset split and hub foundation model the runs need, once, before a
+    torchrun launch (whose ranks would race on one download) or to learn in minutes that a file is missing or
+    broken. Returns a line per item."""
+    from cropkit.data import load_dataset
+    from cropkit.models import FoundationModel
+
+    plan = estimate(profile, only, overrides, measure=False)
+    lines = []
+    for name in sorted(set().union(*(r.datasets for r in plan.runs))):
+        lines += [load_dataset(name, split).describe() for split in ("train", "test")]
+    for spec in sorted(set().union(*(r.foundations for r in plan.runs))):
+        if spec != "embedded" and not spec.startswith("embedded:"):  # embedded models are trained, not fetched
+            model = FoundationModel.from_pretrained(spec)
+            lines.append(f"{spec}: {sum(p.numel() for p in model.parameters()):,} parameters")
+    return lines
 
 
 def calibrate(device: str | None = None, repeats: int = 2) -> float:

@@ -9,6 +9,7 @@ its `dataset`. Executed notebooks and results files go to `<out>/results/<profil
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -171,9 +172,30 @@ def plan(profile: str, only: Iterable[str] | None = None, overrides: Mapping[str
     return runs
 
 
+def _torchrun_share(profile: str, only: Iterable[str] | None, overrides: Mapping[str, Any] | None,
+                    runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Under torchrun, this rank's runs (`budget.Plan.schedule`), whose kernels see only GPU `LOCAL_RANK`."""
+    from cropkit.budget import estimate
+
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[local] if visible else str(local)  # inherited by the kernels
+    mine = {r.name for r in estimate(profile, only, overrides, measure=False).schedule(world)[rank]}
+    runs = [r for r in runs if r.name in mine]
+    print(f"rank {rank} of {world} (GPU {os.environ['CUDA_VISIBLE_DEVICES']}): "
+          f"{', '.join(r.name for r in runs) or 'no runs'}", flush=True)
+    return runs
+
+
 def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
               kernel: str = KERNEL, out: Path | None = None) -> list[NotebookRun]:
-    """Execute the selected notebooks in order; stop at the first failure. Prints a line per notebook."""
+    """Execute the selected runs in order; stop at the first failure. Prints a line per run.
+
+    Under torchrun (`WORLD_SIZE` > 1) each process executes its share of the runs on its own GPU: runs that train
+    or reuse one cached artifact stay in one process, and the shares are balanced by `cropkit plan`'s estimate.
+    Download the data first (`cropkit download`): the processes would race on one download.
+    """
     import papermill
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
@@ -185,6 +207,8 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
             f"`python -m ipykernel install --sys-prefix --name {kernel}` inside the kit's environment."
         ) from None
     runs = plan(profile, only, overrides, out)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        runs = _torchrun_share(profile, only, overrides, runs)
     finished: list[NotebookRun] = []
     for i, run in enumerate(runs, 1):
         output = run.output

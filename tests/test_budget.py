@@ -3,6 +3,7 @@ steps, work shared through the cache counted once, and the quick profile's estim
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from cropkit import budget
 from cropkit.__main__ import main
 from cropkit.budget import calibrate, estimate
-from cropkit.reproduce import reproduce
+from cropkit.reproduce import available_profiles, reproduce
 from cropkit.train import PreprocessorConfig, preprocessor_dir
 
 PAPER_RUNS = ["00_quickstart", "01_theory_bound"] + [
@@ -33,6 +34,12 @@ def test_plan_prints_the_paper_profile_per_run_and_in_total(capsys):
     assert re.search(r"Profile paper: [\d.]+ hours on one H100 SXM at 35% MFU", out)
     assert float(rows["total"][5]) == pytest.approx(0.170 + 0.169 + 0.246 + 0.099 + 0.248 + 1.318, abs=0.01)
     assert 30 < float(rows["total"][4]) < 80  # GB: evaluation batches of 256 through ViT-MAE-Large fit an H100
+
+
+def test_every_profile_has_a_plan():
+    for name in available_profiles():
+        plan = estimate(name, measure=False)
+        assert len(plan.runs) >= 9 and plan.seconds() > 0 and all(r.flops() > 0 for r in plan.runs), name
 
 
 def test_forward_flops_are_the_closed_form_of_the_counted_model():
@@ -88,3 +95,22 @@ def test_quick_estimate_is_within_a_factor_of_the_measured_time(tiny_foundation_
     assert run.status == "ok", run.error
     print(f"{throughput / 1e9:.2f} GFLOP/s; estimated {plan.seconds():.0f} s, measured {run.seconds:.0f} s")
     assert 1 / QUICK_FACTOR <= run.seconds / plan.seconds() <= QUICK_FACTOR
+
+
+def test_torchrun_shares_keep_shared_training_on_one_gpu(monkeypatch):
+    plan = estimate("paper", measure=False)
+    queues = plan.schedule(8)
+    names = [[r.name for r in q] for q in queues]
+    assert sorted(sum(names, [])) == sorted(PAPER_RUNS)  # every run once
+    together = next(q for q in names if "01_theory_bound" in q)  # they share CIFAR-10's pre-processors
+    assert {"02_main_results:cifar10", "03_lambda_ablation", "04_cross_dataset_transfer", "08_robustness_audit"} <= set(together)
+    assert {"06_robust_finetuning", "07_cost"} <= set(next(q for q in names if "07_cost" in q))  # fine-tuned models
+    assert plan.makespan(8) <= plan.makespan(2) < plan.seconds()
+    from cropkit.reproduce import _torchrun_share, plan as runs_of
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    mine = _torchrun_share("paper", None, None, runs_of("paper"))
+    assert [r.name for r in mine] == names[1] and os.environ["CUDA_VISIBLE_DEVICES"] == "5"

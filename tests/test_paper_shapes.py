@@ -143,3 +143,14 @@ def test_plan_refuses_a_strong_attack_the_dataset_cannot_take():
     with pytest.raises(ValueError, match=r"02_main_results:cifar2: .*4 classes"):
         budget.estimate("paper", only=["02:cifar2"], overrides={"strong_attack": "autoattack-original"}, measure=False)
     budget.estimate("paper", only=["02:cifar2"], measure=False)  # the profile gives CIFAR-2 APGD-CE
+
+
+def test_download_reads_every_split_and_model_a_profile_needs(paper_data, vit_mae_large_standin, no_checksums,
+                                                               monkeypatch):
+    monkeypatch.setenv("CROPKIT_DATA", str(paper_data))
+    lines = budget.prefetch("paper", only=["02:cifar2", "02:tiny-imagenet"],
+                            overrides={"foundation": str(vit_mae_large_standin)})
+    assert [line.split(":")[0] for line in lines[:4]] == ["cifar2/train", "cifar2/test", "tiny-imagenet/train",
+                                                          "tiny-imagenet/test"]
+    assert lines[3] == "tiny-imagenet/test: 10 images of 3x64x64, 5 classes" and "2 classes" in lines[0]
+    assert lines[4].startswith(f"{vit_mae_large_standin}: ") and len(lines) == 5
