@@ -9,9 +9,11 @@ import re
 import pytest
 import torch
 
-from cropkit import budget
+from cropkit.attacks import pgd
+from cropkit.budget import facts, passes
 from cropkit.__main__ import main
 from cropkit.budget import calibrate, estimate
+from cropkit.data import load_dataset
 from cropkit.reproduce import available_profiles, reproduce
 from cropkit.train import PreprocessorConfig, preprocessor_dir
 
@@ -28,10 +30,12 @@ def test_plan_prints_the_paper_profile_per_run_and_in_total(capsys):
     assert main(["plan", "--profile", "paper", "--closed-form"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line and line[0].isalnum()}
-    assert [name for name in rows if name not in ("notebook", "total", "Profile")] == PAPER_RUNS
+    assert [name for name in rows if name not in ("notebook", "total", "Profile", "Under")] == PAPER_RUNS
     hours = float(rows["total"][3])
     assert 10 < hours < 100 and hours == pytest.approx(sum(float(rows[r][3]) for r in PAPER_RUNS), abs=0.05)
     assert re.search(r"Profile paper: [\d.]+ hours on one H100 SXM at 35% MFU", out)
+    assert re.search(r"Under torchrun .* 8 GPUs [\d.]+ h", out)
+    assert re.search(r"Under torchrun .*8 GPUs [\d.]+ h", out)
     assert float(rows["total"][5]) == pytest.approx(0.170 + 0.169 + 0.246 + 0.099 + 0.248 + 1.318, abs=0.01)
     assert 30 < float(rows["total"][4]) < 80  # GB: evaluation batches of 256 through ViT-MAE-Large fit an H100
 
@@ -42,21 +46,32 @@ def test_every_profile_has_a_plan():
         assert len(plan.runs) >= 9 and plan.seconds() > 0 and all(r.flops() > 0 for r in plan.runs), name
 
 
+def test_dataset_facts_are_what_the_loaders_read():
+    for name in ("mnist5k", "digits"):
+        known = facts.dataset_facts(name)
+        train, test = load_dataset(name, "train"), load_dataset(name, "test")
+        assert (known.train, known.test, known.classes) == (len(train), len(test), train.num_classes), name
+        assert (known.channels, known.image_size, known.image_size) == train.image_shape
+    subset = facts.dataset_facts("digits[3,5]")  # a class subset: its share of the images, as for balanced classes
+    assert subset.classes == 2 and subset.train == pytest.approx(len(load_dataset("digits[3,5]", "train")), rel=0.05)
+    assert facts.dataset_facts("cifar2").train == 10000 and facts.dataset_facts("cifar2").classes == 2
+
+
 def test_forward_flops_are_the_closed_form_of_the_counted_model():
-    large = budget.foundation_network("facebook/vit-mae-large", 32, 3)
+    large = facts.foundation_network("facebook/vit-mae-large", 32, 3)
     assert large.forward_flops == pytest.approx(123.1e9, rel=1e-3)  # 224x224, patch 16, whatever the input size
-    ae = budget.autoencoder_network("vit-small", 3, 32)
+    ae = facts.autoencoder_network("vit-small", 3, 32)
     assert 0.9 < ae.encoder_share < 1 and ae.parameters == 22_324_464
 
 
 def test_measured_pass_counts_agree_with_the_closed_form():
     """The closed forms are what the plan prints; the kit's own steps, counted, must stay within 10% of them."""
-    ae = budget.autoencoder_network("conv", 1, 28)
+    ae = facts.autoencoder_network("conv", 1, 28)
     checks = {
-        "CRoPD step": (budget.measured_preprocessor_passes("cropd", "conv", 1, 28, 16, 64),
-                       budget.preprocessor_passes("cropd", ae.encoder_share)),
-        "PGD-10": (budget.measured_attack_passes("pgd", 10), budget.attack_passes(budget.pgd(0.1, 10), 10, 0.3)),
-        "AFT with PGD-10": (budget.measured_finetune_passes("aft", 10), budget.finetune_passes("aft", 10)),
+        "CRoPD step": (passes.measured_preprocessor_passes("cropd", "conv", 1, 28, 16, 64),
+                       passes.preprocessor_passes("cropd", ae.encoder_share)),
+        "PGD-10": (passes.measured_attack_passes("pgd", 10), passes.attack_passes(pgd(0.1, 10), 10, 0.3)),
+        "AFT with PGD-10": (passes.measured_finetune_passes("aft", 10), passes.finetune_passes("aft", 10)),
     }
     for name, (measured, closed) in checks.items():
         assert measured == pytest.approx(closed, rel=0.1), name

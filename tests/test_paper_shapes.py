@@ -10,6 +10,7 @@ import torch
 from miniature import CIFAR10_CLASSES, class_level, skip_checksums, write_cifar10, write_cifar100, write_svhn
 
 from cropkit import budget, precision
+from cropkit.budget import facts, passes
 from cropkit.attacks import AttackSpec, pgd
 from cropkit.data import DatasetUnavailableError, load_dataset
 from cropkit.heads import LinearHead
@@ -91,7 +92,7 @@ def test_the_paper_preprocessor_in_front_of_the_standin_is_differentiable_end_to
 
 
 def test_sized_preprocessors_are_the_papers_fraction_of_vit_mae_large():
-    large = budget.foundation_network("facebook/vit-mae-large", 32, 3).parameters
+    large = facts.foundation_network("facebook/vit-mae-large", 32, 3).parameters
     assert large == 303_301_632  # ViTMAEModel with the hub checkpoint's config
     for architecture in ("vit-small", "vit-base"):
         for size in (32, 64, 160):
@@ -103,7 +104,7 @@ def test_sized_preprocessors_are_the_papers_fraction_of_vit_mae_large():
 
 
 def _tiny_vit_pipeline(n_classes: int) -> Pipeline:
-    return budget._tiny_pipeline(3, n_classes)
+    return passes._tiny_pipeline(3, n_classes)
 
 
 def test_autoattack_original_attacks_nine_target_classes_like_the_original():
