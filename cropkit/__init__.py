@@ -5,8 +5,9 @@ The library behind the numbered notebooks (the README's "What is where" table ha
 pre-training (`cropkit.pretrain`), CRoPD's pre-processors (`cropkit.train`, `cropkit.losses`), downstream heads
 (`cropkit.heads`, `cropkit.protocols`), robust fine-tuning (`cropkit.finetune`), the ACL family (`cropkit.acl`),
 attacks, evaluation and the gradient-masking audit (`cropkit.attacks`, `cropkit.evaluate`, `cropkit.audit`),
-training cost (`cropkit.cost`), the shared training loop (`cropkit.loop`), results files (`cropkit.results`) and
-batch reproduction (`cropkit.reproduce`).
+training cost (`cropkit.cost`), the shared training loop (`cropkit.loop`), results files (`cropkit.results`),
+batch reproduction (`cropkit.reproduce`), what a profile will cost before it runs (`cropkit.budget`) and trained
+pre-processors that travel with their model card (`cropkit.pretrained`).
 """
 
 __version__ = "0.1.0"
