@@ -62,7 +62,8 @@ def _images(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarr
 
 def _labels(n: int, n_classes: int, rng: np.random.Generator) -> np.ndarray:
     """Every class at least once (when n allows), then random."""
-    return rng.permutation(np.concatenate([np.arange(min(n, n_classes)), rng.integers(0, n_classes, max(0, n - n_classes))]))
+    extra = rng.integers(0, n_classes, max(0, n - n_classes))
+    return rng.permutation(np.concatenate([np.arange(min(n, n_classes)), extra]))
 
 
 def _pickle(path: Path, obj: dict) -> None:
@@ -89,7 +90,8 @@ def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20, seed: int = 0
     return written
 
 
-def write_cifar100(root: Path, n_train: int = 50, n_test: int = 20, n_classes: int = 100, seed: int = 1) -> dict[str, tuple]:
+def write_cifar100(root: Path, n_train: int = 50, n_test: int = 20, n_classes: int = 100,
+                   seed: int = 1) -> dict[str, tuple]:
     """`cifar-100-python/`: `train`, `test` (fine and coarse labels) and `meta` with the fine label names."""
     rng = np.random.default_rng(seed)
     base = root / "cifar-100-python"

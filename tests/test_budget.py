@@ -118,7 +118,8 @@ def test_torchrun_shares_keep_shared_training_on_one_gpu(monkeypatch):
     names = [[r.name for r in q] for q in queues]
     assert sorted(sum(names, [])) == sorted(PAPER_RUNS)  # every run once
     together = next(q for q in names if "01_theory_bound" in q)  # they share CIFAR-10's pre-processors
-    assert {"02_main_results:cifar10", "03_lambda_ablation", "04_cross_dataset_transfer", "08_robustness_audit"} <= set(together)
+    assert {"02_main_results:cifar10", "03_lambda_ablation", "04_cross_dataset_transfer",
+            "08_robustness_audit"} <= set(together)
     assert {"06_robust_finetuning", "07_cost"} <= set(next(q for q in names if "07_cost" in q))  # fine-tuned models
     assert plan.makespan(8) <= plan.makespan(2) < plan.seconds()
     from cropkit.reproduce import _torchrun_share, plan as runs_of

@@ -51,7 +51,8 @@ def test_cifar2_is_cat_and_dog_of_cifar10(tmp_path, no_checksums):
 
 @pytest.mark.parametrize("name, size, classes, counts", [("imagenette", 160, 10, (30, 20)),
                                                          ("tiny-imagenet", 64, 5, (20, 10))])
-def test_folder_datasets_load_with_each_image_under_its_own_label(paper_data, no_checksums, name, size, classes, counts):
+def test_folder_datasets_load_with_each_image_under_its_own_label(paper_data, no_checksums, name, size, classes,
+                                                                  counts):
     for split, n in zip(("train", "test"), counts):
         data = load_dataset(name, split, root=paper_data)
         assert data.image_shape == (3, size, size) and len(data) == n and data.num_classes == classes

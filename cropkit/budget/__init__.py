@@ -39,7 +39,7 @@ from cropkit import precision
 from cropkit.acl import ACLConfig, acl_dir
 from cropkit.attacks import pgd
 from cropkit.budget.facts import HOST_FLOPS, MFU, RUN_OVERHEAD_S, dataset_facts, foundation_facts
-from cropkit.budget.passes import SURVIVING, _flops
+from cropkit.budget.passes import SURVIVING, count_flops
 from cropkit.budget.workloads import WORKLOADS, Job, Workload
 from cropkit.checkpoint import existing_directory
 from cropkit.data import load_dataset
@@ -50,8 +50,11 @@ from cropkit.pretrain import MAEConfig, build_mae, foundation_dir
 from cropkit.reproduce import notebook_parameters, plan
 from cropkit.train import PreprocessorConfig, preprocessor_dir, preprocessor_loss
 
+
 @dataclass
 class RunEstimate:
+    """One notebook run's jobs, those it finds trained by an earlier run (`cached`), and what it reads."""
+
     name: str
     jobs: list[Job]
     cached: list[Job]
@@ -99,6 +102,8 @@ def downloads(datasets: Iterable[str], foundations: Iterable[str]) -> dict[str, 
 
 @dataclass
 class Plan:
+    """A profile's runs as `estimate` costs them, with the throughput they are timed at."""
+
     profile: str
     runs: list[RunEstimate]
     mfu: float = MFU
@@ -153,12 +158,14 @@ class Plan:
                          f"{r.peak_memory_bytes() / 1e9:.1f}", f"{r.download_bytes(seen) / 1e9:.2f}",
                          str(len({j.key for j in r.cached}))))
         total_flops = sum(r.flops() for r in self.runs)
+        fetched = downloads(set().union(*(r.datasets for r in self.runs)),
+                            set().union(*(r.foundations for r in self.runs)))
         measured = sum(r.measured_ratio() * r.flops() for r in self.runs)
         rows.append(("total", f"{sum(r.flops('train') for r in self.runs) / 1e15:.3g}",
                      f"{sum(r.flops('eval') for r in self.runs) / 1e15:.3g}",
                      f"{measured / total_flops if total_flops else 1:.2f}", f"{self.seconds() / 3600:.2f}",
                      f"{max((r.peak_memory_bytes() for r in self.runs), default=0) / 1e9:.1f}",
-                     f"{sum(downloads(set().union(*(r.datasets for r in self.runs)), set().union(*(r.foundations for r in self.runs))).values()) / 1e9:.2f}",
+                     f"{sum(fetched.values()) / 1e9:.2f}",
                      ""))
         widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
         lines = ["  ".join(cell.rjust(w) if c else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths)))
@@ -169,11 +176,12 @@ class Plan:
                  f"one {self.device} at {self.mfu:.0%} MFU of its dense peaks (bf16 989, TF32 495, fp32 67 TFLOP/s), "
                  f"linear heads on the host CPU at {HOST_FLOPS / 1e9:.0f} GFLOP/s")
         return "\n".join(lines + [
-            f"Profile {self.profile}: {self.seconds() / 3600:.1f} hours on {basis}, plus {RUN_OVERHEAD_S:.0f} s per run. "
+            f"Profile {self.profile}: {self.seconds() / 3600:.1f} hours on {basis}, "
+            f"plus {RUN_OVERHEAD_S:.0f} s per run. "
             "FLOPs in closed form (meas/closed: with pass counts measured on the kit's steps); attacks on every "
             f"example, AutoAttack's later components on {SURVIVING['defended']:.0%} (Identity "
             f"{SURVIVING['identity']:.0%}) survivors; work the kit caches counted once (cached: trainings a run "
-            "reuses). See cropkit/budget.py for the assumptions.",
+            "reuses). The assumptions: cropkit/budget/__init__.py.",
             "Under torchrun (runs that share cached training stay on one GPU): "
             + ", ".join(f"{n} GPUs {self.makespan(n) / 3600:.1f} h" for n in (2, 4, 8)) + "."])
 
@@ -217,7 +225,6 @@ def prefetch(profile: str, only: Iterable[str] | None = None, overrides: Mapping
     """Download (or find) and read every dataset split and hub foundation model the runs need, once, before a
     torchrun launch (whose ranks would race on one download) or to learn in minutes that a file is missing or
     broken. Returns a line per item."""
-
     plan = estimate(profile, only, overrides, measure=False)
     lines = []
     for name in sorted(set().union(*(r.datasets for r in plan.runs))):
@@ -232,7 +239,6 @@ def prefetch(profile: str, only: Iterable[str] | None = None, overrides: Mapping
 def calibrate(device: str | None = None, repeats: int = 2) -> float:
     """This machine's FLOP/s on the quick profile's kind of work: a CRoPD step of the conv auto-encoder and PGD
     through the embedded-size ViT-MAE pipeline, FLOPs counted once, then timed (best of `repeats`)."""
-
     device = precision.resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         ae = build_autoencoder("conv", 1, 28).to(device)
@@ -250,7 +256,7 @@ def calibrate(device: str | None = None, repeats: int = 2) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
-        flops = _flops(work)
+        flops = count_flops(work)
         timings = []
         for _ in range(repeats):
             started = time.perf_counter()

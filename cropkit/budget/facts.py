@@ -72,7 +72,8 @@ def dataset_facts(name: str) -> DatasetFacts:
 
         with np.load(resolve(name), mmap_mode="r") as archive:
             x = archive["x_train"]
-            facts = DatasetFacts(len(x), len(archive["x_test"]), x.shape[1], x.shape[3], len(archive["classes"]), 0, name)
+            facts = DatasetFacts(len(x), len(archive["x_test"]), x.shape[1], x.shape[3], len(archive["classes"]), 0,
+                                 name)
     elif name in DATASETS:
         facts = DATASETS[name]
     else:
@@ -141,7 +142,8 @@ class Network:
                        feature_dim=other.feature_dim)
 
 
-def _count(module: nn.Module, example: torch.Tensor, call: Callable[[torch.Tensor], Any] | None = None) -> tuple[float, float]:
+def _count(module: nn.Module, example: torch.Tensor,
+           call: Callable[[torch.Tensor], Any] | None = None) -> tuple[float, float]:
     """(FLOPs, leaf-module output elements) of one forward of a meta-device module on one example."""
     outputs = [0.0]
 
@@ -202,4 +204,5 @@ def mae_pretraining_network(config: Any, channels: int) -> Network:
         model = build_mae(config, channels)
         size = config.image_size
         flops, activations = _count(model, torch.empty(1, channels, size, size), lambda x: model(pixel_values=x).loss)
-    return Network(f"MAE pre-training ({config.dataset})", flops, sum(p.numel() for p in model.parameters()), activations)
+    return Network(f"MAE pre-training ({config.dataset})", flops, sum(p.numel() for p in model.parameters()),
+                   activations)

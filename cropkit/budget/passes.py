@@ -43,7 +43,10 @@ def attack_passes(spec: AttackSpec, n_classes: int, surviving: float) -> float:
         return apgd_ce
     if spec.kind == "apgd":  # torchattacks' APGD-T: every other class
         return apgd_ce + surviving * (n_classes - 1) * 2 * (k + 1)
-    steps, targets = (10, n_classes - 1) if spec.kind == "autoattack" else (100, min(ORIGINAL_TARGET_CLASSES, n_classes - 1))
+    if spec.kind == "autoattack":  # torchattacks' composition: 10 steps, every other class
+        steps, targets = 10, n_classes - 1
+    else:
+        steps, targets = 100, min(ORIGINAL_TARGET_CLASSES, n_classes - 1)
     apgd_t, fab_t, square = targets * 2 * (steps + 1), targets * (3 * steps + 2), 5000
     return 2 * (steps + 1) + surviving * (apgd_t + fab_t + square)
 
@@ -59,7 +62,7 @@ def _tiny_pipeline(channels: int = 3, n_classes: int = 10) -> nn.Module:
 
 
 _MEASURED_SOURCES = ("acl.py", "attacks.py", "augment.py", "contrastive.py", "finetune.py", "losses.py", "train.py",
-                     "models/autoencoder.py", "models/foundation.py", "models/resnet.py")
+                     "models/autoencoder.py", "models/foundation.py", "models/pipeline.py", "models/resnet.py")
 
 
 @cache
@@ -88,7 +91,8 @@ def _persistent(function: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _flops(call: Callable[[], Any]) -> float:
+def count_flops(call: Callable[[], Any]) -> float:
+    """FLOPs of `call()` as `torch.utils.flop_counter` counts them (the global random state left as it was)."""
     counter = FlopCounter()
     with torch.random.fork_rng(devices=[]), counter:
         call()
@@ -104,13 +108,13 @@ def _linear_in_steps(passes_at: Callable[[int], float]) -> tuple[float, float]:
 @_persistent
 def _attack_fit(kind: str) -> tuple[float, float]:
     pipeline, x = _tiny_pipeline(), torch.rand(2, 3, 16, 16)
-    forward = _flops(lambda: pipeline(x))
+    forward = count_flops(lambda: pipeline(x))
     with torch.no_grad():
         y = pipeline(x).argmax(dim=1)  # APGD attacks only the examples classified correctly
 
     def at(steps: int) -> float:
         attack = AttackSpec(kind, 8 / 255, steps=steps).build(pipeline, n_classes=10, seed=0)
-        return _flops(lambda: attack(x, y)) / forward
+        return count_flops(lambda: attack(x, y)) / forward
 
     return _linear_in_steps(at)
 
@@ -130,12 +134,12 @@ def finetune_passes(method: str, steps: int) -> float:
 @_persistent
 def _finetune_fit(method: str) -> tuple[float, float]:
     start, x, y = _tiny_pipeline(), torch.rand(2, 3, 16, 16), torch.arange(2)
-    forward = _flops(lambda: start(x))
+    forward = count_flops(lambda: start(x))
 
     def at(steps: int) -> float:
         model, config = copy.deepcopy(start), FinetuneConfig(method=method, eps=8 / 255, attack_steps=steps)
         unfreeze(model, config)
-        return _flops(lambda: finetune_loss(model, start, config, x, y)[0].backward()) / forward
+        return count_flops(lambda: finetune_loss(model, start, config, x, y)[0].backward()) / forward
 
     return _linear_in_steps(at)
 
@@ -164,8 +168,8 @@ def measured_preprocessor_passes(kind: str, architecture: str, channels: int, im
                                 width=width, latent_channels=latent_channels, eps=8 / 255)
     x, y = torch.rand(2, channels, image_size, image_size), torch.arange(2)
     with torch.no_grad():
-        forward = _flops(lambda: model(x))
-    return _flops(lambda: preprocessor_loss(model, config, x, y)[0].backward()) / forward
+        forward = count_flops(lambda: model(x))
+    return count_flops(lambda: preprocessor_loss(model, config, x, y)[0].backward()) / forward
 
 
 def acl_passes(attack_steps: int, air: bool) -> float:
@@ -180,12 +184,12 @@ def _acl_fit(air: bool) -> tuple[float, float]:
         torch.manual_seed(0)
         model = ACLModel(ResNet(3, 4, 1, mean=[0.5] * 3, std=[0.5] * 3))
     x = torch.rand(4, 3, 16, 16)
-    forward = _flops(lambda: model(x, "pgd"))
+    forward = count_flops(lambda: model(x, "pgd"))
 
     def at(steps: int) -> float:
         config = ACLConfig(air=air, attack_steps=steps, epochs=2, warmup_epochs=1)
         generator = torch.Generator().manual_seed(0)
-        return _flops(lambda: training_loss(model, x, config, 1.0, generator)[0].backward()) / forward
+        return count_flops(lambda: training_loss(model, x, config, 1.0, generator)[0].backward()) / forward
 
     return _linear_in_steps(at)
 

@@ -48,7 +48,8 @@ class Job:
 
     @property
     def measured_flops(self) -> float:
-        return self.examples * (self.measured if self.measured is not None else self.passes) * self.network.forward_flops
+        passes = self.measured if self.measured is not None else self.passes
+        return self.examples * passes * self.network.forward_flops
 
     def seconds(self, mfu: float, throughput: float | None = None) -> float:
         if throughput is None:
@@ -137,8 +138,8 @@ class Workload:
         for spec in attacks:
             measured = (self.measured(measured_attack_passes, spec.kind, spec.steps, plus=1.0)
                         if spec.kind in ("pgd", "apgd-ce") and spec.restarts == 1 else None)
-            self.add(f"{spec.label} ({stack.name})", "eval", stack, n, attack_passes(spec, classes, SURVIVING[role]) + 1,
-                     "bf16", 256, measured=measured)
+            closed = attack_passes(spec, classes, SURVIVING[role]) + 1
+            self.add(f"{spec.label} ({stack.name})", "eval", stack, n, closed, "bf16", 256, measured=measured)
 
     def alf(self, stack: Network, n: int, epochs: int, steps: int) -> None:
         """`fit_alf`: PGD through the whole pipeline for every example, then the head's step."""
@@ -175,7 +176,8 @@ def nb00(w: Workload) -> None:
     w.head(d.train, d.channels * d.image_size**2, d.classes)  # the same head on raw pixels
     n = w.n("n_eval", p["dataset"])
     w.evaluate(fm, d.test, [], d.classes, "identity")  # the probe's accuracy check
-    w.evaluate(fm, n, [pgd(p["eps"], 10), pgd(p["eps"], 20), AttackSpec(p["autoattack"], p["eps"])], d.classes, "identity")
+    attacks = [pgd(p["eps"], 10), pgd(p["eps"], 20), AttackSpec(p["autoattack"], p["eps"])]
+    w.evaluate(fm, n, attacks, d.classes, "identity")
     w.evaluate(fm, n, [pgd(e, 10) for e in p["eps_grid"]], d.classes, "identity")
 
 
@@ -250,7 +252,8 @@ def nb05(w: Workload) -> None:
     n_down = min(p["n_downstream"] or d.train, d.train)
     n, hard = w.n("n_eval", p["dataset"]), strong(p)
     resnet = resnet_network(d.channels, d.image_size, p["width"], p["blocks_per_stage"])
-    common = dict(dataset=p["dataset"], n_train=p["n_pretrain"], width=p["width"], blocks_per_stage=p["blocks_per_stage"],
+    common = dict(dataset=p["dataset"], n_train=p["n_pretrain"], width=p["width"],
+                  blocks_per_stage=p["blocks_per_stage"],
                   epochs=p["epochs"], warmup_epochs=p["lr_warmup_epochs"], batch_size=p["batch_size"], eps=p["eps"],
                   attack_steps=p["attack_steps"], anneal_interval=p["anneal_interval"], seed=p["seed"])
     variants = [ACLConfig(method="acl", **common)]
@@ -300,7 +303,8 @@ def _finetune_models(w: Workload) -> tuple[Network, Network, list[Any]]:
     w.slf(ae + fm, p["dataset"])
     configs = _finetune_configs(p)
     for config in configs:
-        w.finetune(fm, config, min(config.n_train or d.train, d.train), (p["foundation"], p.get("pooling"), p["dataset"]))
+        start = (p["foundation"], p.get("pooling"), p["dataset"])  # what the fine-tuning starts from
+        w.finetune(fm, config, min(config.n_train or d.train, d.train), start)
     return ae, fm, configs
 
 
