@@ -6,7 +6,9 @@ pre-training (`cropkit.pretrain`), CRoPD's pre-processors (`cropkit.train`, `cro
 (`cropkit.heads`, `cropkit.protocols`), robust fine-tuning (`cropkit.finetune`), the ACL family (`cropkit.acl`),
 attacks, evaluation and the gradient-masking audit (`cropkit.attacks`, `cropkit.evaluate`, `cropkit.audit`),
 training cost (`cropkit.cost`), the shared training loop (`cropkit.loop`), results files (`cropkit.results`),
-batch reproduction (`cropkit.reproduce`) and the one way bad input is refused (`cropkit.validate`).
+batch reproduction (`cropkit.reproduce`), the one way bad input is refused (`cropkit.validate`), what a profile
+will cost before it runs (`cropkit.budget`) and trained pre-processors that travel with their model card
+(`cropkit.pretrained`).
 """
 
 __version__ = "0.1.0"

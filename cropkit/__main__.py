@@ -1,4 +1,6 @@
-"""Command line: `cropkit reproduce --profile quick`, `cropkit report --profile quick`, `cropkit pretrain-fm`."""
+"""Command line: `cropkit reproduce --profile quick`, `cropkit report --profile quick`, `cropkit plan --profile paper`,
+`cropkit download --profile paper`, `cropkit pretrain-fm` (under torchrun: `torchrun --nproc_per_node 8 -m cropkit
+reproduce --profile paper`)."""
 
 from __future__ import annotations
 
@@ -78,6 +80,35 @@ def _report(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for path in report.write(args.profile):
         print(f"wrote {path}")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from cropkit.budget import calibrate, estimate
+    from cropkit.reproduce import parse_overrides
+
+    only = args.only.split(",") if args.only else None
+    try:
+        throughput = calibrate() if args.calibrate else None
+        plan = estimate(args.profile, only=only, overrides=parse_overrides(args.param), mfu=args.mfu,
+                        throughput=throughput, respect_cache=args.from_cache, measure=not args.closed_form)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(plan.table())
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from cropkit.budget import prefetch
+    from cropkit.reproduce import parse_overrides
+
+    only = args.only.split(",") if args.only else None
+    try:
+        for line in prefetch(args.profile, only=only, overrides=parse_overrides(args.param)):
+            print(line, flush=True)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -92,9 +123,30 @@ def main(argv: list[str] | None = None) -> int:
     fm.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
     fm.set_defaults(run=_pretrain_fm)
 
-    rp = commands.add_parser("reproduce", help="execute the numbered notebooks with papermill under a profile")
+    pl = commands.add_parser("plan", help="what `reproduce` with these arguments will cost: FLOPs, GPU-hours, "
+                                          "peak memory and downloads per notebook run, and the total")
+    pl.add_argument("--profile", default="quick", help="configs/<profile>.yaml (default: quick)")
+    pl.add_argument("--only", help="comma-separated notebook numbers or NN:tag runs, e.g. 00,02:cifar10")
+    pl.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a notebook parameter, as for reproduce")
+    pl.add_argument("--mfu", type=float, default=0.35, help="model-FLOPs utilisation of the H100 (default: 0.35)")
+    pl.add_argument("--calibrate", action="store_true",
+                    help="hours on this machine instead: time the kit's steps here for a FLOP/s figure")
+    pl.add_argument("--from-cache", action="store_true", help="leave out what the cache already holds")
+    pl.add_argument("--closed-form", action="store_true",
+                    help="skip counting the kit's steps (the meas/closed column; minutes on a slow CPU, then cached)")
+    pl.set_defaults(run=_plan)
+
+    dl = commands.add_parser("download", help="fetch and read every dataset and hub model a profile's runs need")
+    dl.add_argument("--profile", default="quick", help="configs/<profile>.yaml (default: quick)")
+    dl.add_argument("--only", help="comma-separated notebook numbers or NN:tag runs")
+    dl.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="as for reproduce")
+    dl.set_defaults(run=_download)
+
+    rp = commands.add_parser("reproduce", help="execute the numbered notebooks with papermill under a profile "
+                                               "(under torchrun: each process its share, on its GPU)")
     rp.add_argument("--profile", default="quick", help="configs/<profile>.yaml (default: quick)")
-    rp.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,02")
+    rp.add_argument("--only", help="comma-separated notebook numbers or NN:tag runs, e.g. 00,02:cifar10")
     rp.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a notebook parameter (repeatable; values parsed as YAML)")
     rp.add_argument("--kernel", default="cropkit", help="Jupyter kernel to run the notebooks in (default: cropkit)")

@@ -28,20 +28,6 @@ from cropkit.results import accuracy_fields, append_records, encode_outcomes, pr
 from cropkit.validate import check_adversarial, check_evaluation, choice
 
 
-class _Fp32Logits(nn.Module):
-    """`model` under `autocast`, its logits cast to fp32: on CUDA the forward and backward through the model run
-    in bf16 while the attack's own arithmetic (loss, step, projection) stays in fp32. The identity on the CPU."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.training = model.training  # torchattacks restores the mode it finds here after every attack
-
-    def forward(self, x: Tensor) -> Tensor:
-        with precision.autocast(x.device):
-            return self.model(x).float()
-
-
 def _pinned(t: Tensor, device: torch.device) -> Tensor:
     """`t` in page-locked memory when it is bound for a GPU: faster copies, which need not block the host."""
     return t.pin_memory() if device.type == "cuda" else t
@@ -67,7 +53,7 @@ def attack_batches(
     in order. On CUDA the model runs under bf16 autocast and hands the attack fp32 logits.
     """
     device = next(model.parameters()).device
-    attack = spec.build(_Fp32Logits(model), n_classes=n_classes, seed=seed)
+    attack = spec.build(precision.Fp32Logits(model), n_classes=n_classes, seed=seed)
     image_batches, label_batches = images.split(batch_size), labels.split(batch_size)
     adversarial = []
     for b in progress_bar(range(len(image_batches)) if batches is None else batches, desc=desc or spec.label,

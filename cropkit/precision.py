@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from typing import Literal
 
 import torch
+from torch import Tensor, nn
 
 from cropkit.validate import InputError, require
 
@@ -61,3 +62,18 @@ def fp32(enabled: bool = True) -> Iterator[None]:
 def describe(device: torch.device) -> str:
     """How `autocast` runs models on `device`, as the records state it."""
     return "bf16 autocast" if device.type == "cuda" and not _forced_fp32.get() else "fp32"
+
+
+class Fp32Logits(nn.Module):
+    """`model` under `autocast`, its logits cast to fp32: what the attacks see. On CUDA the forward and backward
+    through the model run in bf16 while the attack's own arithmetic (loss, step, projection) stays in fp32. The
+    identity on the CPU."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # torchattacks restores the mode it finds here after every attack
+
+    def forward(self, x: Tensor) -> Tensor:
+        with autocast(x.device):
+            return self.model(x).float()

@@ -6,7 +6,8 @@
   examples made by attacking the *whole* pipeline each step (PGD through pre-processor, foundation model and
   head); the stack stays frozen. As in the ACL papers' ALF (RobustSSL_Benchmark's `train_loop`, mode 'ALF': the
   final iterate of PGD-10 for every example), the head always trains on the attack's perturbed point, so only
-  attacks that return one for every example (FGSM, single-run PGD) are accepted.
+  attacks that return one for every example (FGSM, single-run PGD) are accepted. Under bf16 autocast
+  on CUDA, as `evaluate` attacks (fp32 on the CPU).
 """
 
 from __future__ import annotations
@@ -95,14 +96,15 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     images, labels = train.tensors()
     torch.manual_seed(seed)  # torchattacks' random starts
     history = []
+    attacked = precision.Fp32Logits(pipeline)
     for epoch in progress_bar(range(epochs), desc="ALF head", disable=not progress):
-        adversary = attack.build(pipeline, n_classes=train.num_classes, seed=seed + epoch)
+        adversary = attack.build(attacked, n_classes=train.num_classes, seed=seed + epoch)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         means = RunningMeans()
         with measure(head, examples=len(images), device=device) as cost:
             for batch in shuffled_batches(len(images), batch_size, generator):
                 x, y = images[batch].to(device), labels[batch].to(device)
-                logits = pipeline(adversary(x, y))
+                logits = attacked(adversary(x, y))
                 loss = F.cross_entropy(logits, y)
                 descend(loss, optimizer, scheduler, name="ALF head", epoch=epoch)
                 means.add({"adv_loss": loss.item(), "adv_accuracy": (logits.argmax(1) == y).float().mean().item()},

@@ -1,10 +1,13 @@
 """Batch reproduction: run the numbered notebooks with papermill under a profile of parameters.
 
 A profile is `configs/<name>.yaml` with `parameters` (given to every notebook that declares them) and optional
-`notebooks` (per-notebook overrides keyed by number, e.g. "00"). Executed notebooks and results files go to
-`<out>/results/<profile>/`, figures to `<out>/figures/<profile>/`; `out` defaults to the project root. Every
-notebook run's status goes to `runs.jsonl` there (`cropkit.results`). Parameters are checked against the kind of
-each notebook's default before anything runs; a fraction such as 8/255 in a profile or a `-p` value is a number.
+`notebooks` (per-notebook overrides keyed by number, e.g. "00"). A notebook's entry may hold `runs`, a list of
+parameter sets: the notebook then runs once per set (e.g. once per dataset), each run named by its `tag` or else
+its `dataset`. Executed notebooks and results files go to `<out>/results/<profile>/`, figures to
+`<out>/figures/<profile>/`, and a tagged run's to a `<tag>/` folder inside each; `out` defaults to the project root.
+Every notebook run's status goes to `runs.jsonl` beside its records (`cropkit.results`). Parameters are checked
+against the kind of each notebook's default before anything runs; a fraction such as 8/255 in a profile or a `-p`
+value is a number.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import re
 import sys
 import time
 import uuid
@@ -90,12 +94,12 @@ class NotebookRun:
 
 
 def select(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
-    """The notebooks whose number (or full stem) is in `only`; all of them when `only` is None (an empty selection
-    is refused rather than read as "all")."""
+    """The notebooks whose number (or full stem) is in `only` (an entry `NN:tag` names one run of a notebook, see
+    `plan`); all of them when `only` is None (an empty selection is refused rather than read as "all")."""
     if only is None:
         return notebooks
     only = [only] if isinstance(only, str) else list(only)
-    wanted = {o.strip() for o in only if o.strip()}
+    wanted = {o.strip().partition(":")[0] for o in only if o.strip()}
     require(bool(wanted), "only", ",".join(only), "names no notebook",
             "pass notebook numbers such as 00,02, or leave it out to run every notebook")
     chosen = [nb for nb in notebooks if nb.stem[:2] in wanted or nb.stem in wanted]
@@ -128,42 +132,119 @@ def check_parameter(notebook: str, key: str, value: Any, default_source: str) ->
             f"pass {wanted}, e.g. -p {key}={default_source.replace(' ', '')}")
 
 
-def output_dirs(profile: str, out: Path | None = None) -> tuple[Path, Path]:
+def notebook_runs(entry: Mapping[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """A profile's entry for one notebook as (tag, parameters) per run: one untagged run, or one per `runs` item
+    (the entry's other keys shared by all), tagged by its `tag` or else its `dataset`."""
+    if "runs" not in entry:
+        return [(None, dict(entry))]
+    shared = {k: v for k, v in entry.items() if k != "runs"}
+    runs = []
+    for item in entry["runs"]:
+        params = {k: v for k, v in item.items() if k != "tag"}
+        tag = item.get("tag") or params.get("dataset")
+        if not tag:
+            raise ValueError(f"every item of `runs` needs a `tag` or a `dataset` to name its outputs; got {item}")
+        runs.append((str(tag), shared | params))
+    tags = [tag for tag, _ in runs]
+    if len(set(tags)) != len(tags):
+        raise ValueError(f"the runs of one notebook need distinct tags, got {tags}")
+    return runs
+
+
+def output_dirs(profile: str, out: Path | None = None, tag: str | None = None) -> tuple[Path, Path]:
     """(results folder, figures folder) of a profile's run under `out` (default: the project root)."""
     base = out or project_root()
-    return base / "results" / profile, base / "figures" / profile
+    results, figures = base / "results" / profile, base / "figures" / profile
+    if tag is None:
+        return results, figures
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", tag)  # "cifar10-subset[cat,dog]" -> "cifar10-subset_cat_dog_"
+    return results / folder, figures / folder
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One execution of a notebook: the notebook, its run's tag (None for a notebook's only run), its parameters."""
+
+    notebook: Path
+    tag: str | None
+    parameters: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """'02_main_results' or '02_main_results:cifar10'."""
+        return self.notebook.stem + (f":{self.tag}" if self.tag is not None else "")
+
+    @property
+    def output(self) -> Path:
+        """Where the executed notebook is written: its run's results folder."""
+        return Path(self.parameters["results_dir"]) / self.notebook.name
 
 
 def plan(profile: str, only: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
-         out: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """Each selected notebook with the parameters it will receive; unknown override keys raise."""
+         out: Path | None = None) -> list[PlannedRun]:
+    """Each selected run with the parameters it will receive; unknown override keys raise.
+
+    `only` holds notebook numbers or stems (every run of each), or `NN:tag` for one run.
+    """
     spec = load_profile(profile)
-    results, figures = output_dirs(profile, out)
-    chosen = select(numbered_notebooks(), only)
+    wanted: dict[str, set[str | None]] = {}
+    for entry in [only] if isinstance(only, str) else only or []:
+        key, _, tag = entry.strip().partition(":")
+        if key:
+            wanted.setdefault(key, set()).add(tag or None)
     overrides = dict(overrides or {})
     runs, used = [], set()
-    for path in chosen:
+    for path in select(numbered_notebooks(), None if only is None else list(only)):
         declared = notebook_parameters(path)
-        merged = {**spec["parameters"], **spec["notebooks"].get(path.stem[:2], {}), **overrides,
-                  "results_dir": str(results), "figures_dir": str(figures)}
-        params = {k: v for k, v in merged.items() if k in declared}
-        for key, value in params.items():
-            check_parameter(path.stem, key, value, declared[key])
-        used |= params.keys()
-        runs.append((path, params))
+        tags = wanted.get(path.stem[:2], set()) | wanted.get(path.stem, set())
+        available = notebook_runs(spec["notebooks"].get(path.stem[:2], {}))
+        missing = tags - {None} - {tag for tag, _ in available}
+        require(not missing, "only", sorted(missing), f"{path.stem} has no run so tagged in profile {profile!r}",
+                f"choose among its runs {[tag for tag, _ in available]}")
+        for tag, entry in available:
+            if tags and None not in tags and tag not in tags:
+                continue
+            results, figures = output_dirs(profile, out, tag)
+            merged = {**spec["parameters"], **entry, **overrides,
+                      "results_dir": str(results), "figures_dir": str(figures)}
+            params = {k: v for k, v in merged.items() if k in declared}
+            for key, value in params.items():
+                check_parameter(path.stem, key, value, declared[key])
+            used |= params.keys()
+            runs.append(PlannedRun(path, tag, params))
     unused = set(overrides) - used
     require(not unused, "-p", sorted(unused), "No selected notebook declares the parameter(s)",
             "check the spelling against the notebooks' parameters cells (cropkit.reproduce.notebook_parameters)")
     return runs
 
 
+def _torchrun_share(profile: str, only: Iterable[str] | None, overrides: Mapping[str, Any] | None,
+                    runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Under torchrun, this rank's runs (`budget.Plan.schedule`), whose kernels see only GPU `LOCAL_RANK`."""
+    from cropkit.budget import estimate
+
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[local] if visible else str(local)  # inherited by the kernels
+    mine = {r.name for r in estimate(profile, only, overrides, measure=False).schedule(world)[rank]}
+    runs = [r for r in runs if r.name in mine]
+    print(f"rank {rank} of {world} (GPU {os.environ['CUDA_VISIBLE_DEVICES']}): "
+          f"{', '.join(r.name for r in runs) or 'no runs'}", flush=True)
+    return runs
+
+
 def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrides: Mapping[str, Any] | None = None,
               kernel: str = KERNEL, out: Path | None = None) -> list[NotebookRun]:
-    """Execute the selected notebooks in order; stop at the first failure. Prints a line per notebook.
+    """Execute the selected runs in order; stop at the first failure. Prints a line per run and, while it runs, a
+    status line per notebook section.
 
     Each notebook run gets an id, exported as `CROPKIT_RUN_ID` to its kernel (so every record it writes carries
     it) and logged with its status in `runs.jsonl` beside the records: a failed run's records are recognisable
-    (`cropkit.results.load_records`).
+    (`cropkit.results.load_records`). Under torchrun (`WORLD_SIZE` > 1) each process executes its share of the
+    runs on its own GPU: runs that train or reuse one cached artifact stay in one process, and the shares are
+    balanced by `cropkit plan`'s estimate. Download the data first (`cropkit download`): the processes would race
+    on one download.
     """
     import papermill
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -176,22 +257,24 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
             f"Jupyter kernel {kernel!r} is not installed. Run `make setup`, or "
             f"`python -m ipykernel install --sys-prefix --name {kernel}` inside the kit's environment."
         ) from None
-    out_dir = output_dirs(profile, out)[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        runs = _torchrun_share(profile, only, overrides, runs)
     finished: list[NotebookRun] = []
-    for i, (path, params) in enumerate(runs, 1):
-        output = out_dir / path.name
+    for i, run in enumerate(runs, 1):
+        output, path = run.output, run.notebook
+        out_dir = output.parent
+        out_dir.mkdir(parents=True, exist_ok=True)
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{path.stem[:2]}-{uuid.uuid4().hex[:8]}"
-        details = {"notebook": path.stem, "profile": profile, "output": str(output)}
-        record_run(out_dir, run_id, "running", **details, parameters=params)
+        details = {"notebook": path.stem, "tag": run.tag, "profile": profile, "output": str(output)}
+        record_run(out_dir, run_id, "running", **details, parameters=run.parameters)
         expected = expected_seconds(path, profile, out_dir)
-        print(f"[{i}/{len(runs)}] {path.stem}" + (f" (about {expected:.0f} s last time)" if expected else ""),
+        print(f"[{i}/{len(runs)}] {run.name}" + (f" (about {expected:.0f} s last time)" if expected else ""),
               flush=True)
         started = time.perf_counter()
         status, error = "failed", ""
         try:
             with _environment({RUN_ENV: run_id, "CROPKIT_PROGRESS": "summary"}):
-                papermill.execute_notebook(str(path), str(output), parameters=params, kernel_name=kernel,
+                papermill.execute_notebook(str(path), str(output), parameters=run.parameters, kernel_name=kernel,
                                            cwd=str(notebooks_dir()), progress_bar=False,
                                            on_cell_start=CellProgress(path, expected))
             status = "ok"
@@ -206,7 +289,7 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
         finally:
             seconds = time.perf_counter() - started
             record_run(out_dir, run_id, status, **details, seconds=round(seconds, 1), error=error)
-        finished.append(NotebookRun(path.stem, "ok" if status == "ok" else "FAILED", seconds, output, error))
+        finished.append(NotebookRun(run.name, "ok" if status == "ok" else "FAILED", seconds, output, error))
         if status != "ok":
             print(f"      FAILED after {seconds:.0f}s: {error}\n"
                   f"      the executed notebook, with the traceback, is {output}; its records carry run_id {run_id}",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -88,6 +88,21 @@ class TrainedPreprocessor:
     config: PreprocessorConfig
     history: list[dict[str, float]]
     path: Path
+
+    def save_pretrained(self, folder: str | Path, *, foundation: nn.Module,
+                        records: Sequence[Mapping[str, Any]] = ()) -> Path:
+        """Save with a model card naming `foundation` and the `records` measured with it (`cropkit.pretrained`)."""
+        from cropkit.pretrained import save_pretrained
+
+        return save_pretrained(self, folder, foundation=foundation, records=records)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, *, foundation: nn.Module | None,
+                        allow_other_foundation: bool = False) -> TrainedPreprocessor:
+        """Load a saved pre-processor (folder or hub id) for `foundation` (`cropkit.pretrained.from_pretrained`)."""
+        from cropkit.pretrained import from_pretrained
+
+        return from_pretrained(name_or_path, foundation=foundation, allow_other_foundation=allow_other_foundation)
 
 
 def preprocessor_dir(config: PreprocessorConfig, train: ImageData | None = None) -> Path:

@@ -146,3 +146,19 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory):
     CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def paper_data(tmp_path_factory: pytest.TempPathFactory):
+    """Miniature CIFAR-10, CIFAR-100, SVHN, Imagenette and Tiny-ImageNet in their real formats (tests/miniature.py)."""
+    from miniature import write_all
+
+    return write_all(tmp_path_factory.mktemp("paper-data"))
+
+
+@pytest.fixture(scope="session")
+def vit_mae_large_standin(tmp_path_factory: pytest.TempPathFactory):
+    """A save_pretrained folder with facebook/vit-mae-large's shapes (224x224, patch 16) at tiny widths."""
+    from miniature import write_standin_vit_mae_large
+
+    return write_standin_vit_mae_large(tmp_path_factory.mktemp("vit-mae-large-standin"))

@@ -12,8 +12,8 @@ import nbformat
 import pytest
 
 from cropkit.paths import project_root
-from cropkit.reproduce import (available_profiles, load_profile, notebook_parameters, numbered_notebooks,
-                               parse_overrides, plan)
+from cropkit.reproduce import (available_profiles, load_profile, notebook_parameters, notebook_runs,
+                               numbered_notebooks, parse_overrides, plan)
 
 
 def test_quick_profile_is_the_notebook_defaults():
@@ -35,14 +35,15 @@ def test_papermill_reads_every_parameter():
 
 def test_every_profile_names_known_parameters():
     declared = set().union(*(notebook_parameters(p) for p in numbered_notebooks()))
-    assert {"quick", "cifar10-subset"} <= set(available_profiles())
+    assert {"quick", "cifar10-subset", "paper"} <= set(available_profiles())
     by_number = {p.stem[:2]: set(notebook_parameters(p)) for p in numbered_notebooks()}
     for name in available_profiles():
         profile = load_profile(name)
         unknown = set(profile["parameters"]) - declared
         assert not unknown, f"profile {name} sets parameters no notebook declares: {unknown}"
-        for number, overrides in profile["notebooks"].items():
-            assert set(overrides) <= by_number[number], f"profile {name}, notebook {number}: unknown parameters"
+        for number, entry in profile["notebooks"].items():
+            for tag, overrides in notebook_runs(entry):
+                assert set(overrides) <= by_number[number], f"profile {name}, notebook {number} {tag}: unknown parameters"
 
 
 def test_overrides_parse_as_yaml_and_unknown_ones_are_refused():
@@ -59,11 +60,34 @@ def test_overrides_parse_as_yaml_and_unknown_ones_are_refused():
 
 
 def test_plan_routes_outputs_by_profile(tmp_path):
-    (path, params), *_ = plan("cifar10-subset", only=["00"], overrides={"n_eval": 10})
-    assert path.name.startswith("00_") and params["n_eval"] == 10 and params["dataset"] == "cifar10-subset"
+    (run,) = plan("cifar10-subset", only=["00"], overrides={"n_eval": 10})
+    params = run.parameters
+    assert run.notebook.name.startswith("00_") and params["n_eval"] == 10 and params["dataset"] == "cifar10-subset"
     assert params["results_dir"] == str(project_root() / "results" / "cifar10-subset")
-    (_, params), *_ = plan("quick", only=["00"], out=tmp_path)
-    assert params["figures_dir"] == str(tmp_path / "figures" / "quick")
+    (run,) = plan("quick", only=["00"], out=tmp_path)
+    assert run.parameters["figures_dir"] == str(tmp_path / "figures" / "quick") and run.tag is None
+    assert run.output == tmp_path / "results" / "quick" / "00_quickstart.ipynb"
+
+
+def test_a_notebook_runs_once_per_dataset_of_the_profile(tmp_path):
+    runs = plan("paper", only=["02", "04"], out=tmp_path)
+    assert [r.name for r in runs] == [f"02_main_results:{d}" for d in
+                                      ("cifar10", "cifar100", "svhn", "cifar2", "imagenette", "tiny-imagenet")] + [
+        "04_cross_dataset_transfer"]
+    by_tag = {r.tag: r.parameters for r in runs}
+    assert by_tag["svhn"]["dataset"] == "svhn" and by_tag["svhn"]["alf_steps"] == 10  # the entry's shared keys
+    assert by_tag["cifar2"]["strong_attack"] == by_tag["cifar10"]["strong_attack"] == "autoattack-original"
+    assert by_tag["svhn"]["results_dir"] == str(tmp_path / "results" / "paper" / "svhn")
+    assert by_tag["svhn"]["figures_dir"] == str(tmp_path / "figures" / "paper" / "svhn")
+    assert runs[0].output == tmp_path / "results" / "paper" / "cifar10" / "02_main_results.ipynb"
+    assert by_tag[None]["results_dir"] == str(tmp_path / "results" / "paper")
+    assert [r.tag for r in plan("paper", only=["02:svhn", "02:cifar2"])] == ["svhn", "cifar2"]
+    with pytest.raises(ValueError, match="has no run so tagged"):
+        plan("paper", only=["02:mnist"])
+    with pytest.raises(ValueError, match="distinct tags"):
+        notebook_runs({"runs": [{"dataset": "svhn"}, {"dataset": "svhn"}]})
+    assert notebook_runs({"runs": [{"dataset": "svhn", "eps": 0.1, "tag": "svhn-big"}], "n_eval": 5}) == [
+        ("svhn-big", {"dataset": "svhn", "eps": 0.1, "n_eval": 5})]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -4,12 +4,16 @@ Both map [0, 1] images to [0, 1] images of the same shape and expose `latent(x)`
 to one vector per image: the space in which CRoPD's contrastive loss pulls clean and adversarial views together.
 - `ConvAutoEncoder`: a small convolutional auto-encoder (the fast default), downsampling by 4.
 - `ViTAutoEncoder`: a ViT-MAE-style auto-encoder: a transformers ViT-MAE encoder without masking and the
-  ViT-MAE decoder reconstructing every patch.
+  ViT-MAE decoder reconstructing every patch. `vit` is the small CPU one (hidden size 3 x width); `VIT_SIZES`
+  names the sizes the paper profile uses, stated as fractions of ViT-MAE-Large's encoder (the paper: 6-28%).
+The auto-encoders work at the dataset's own resolution (kit choice): the threat model is defined on the
+dataset's pixels, and the foundation model resizes to its input size inside.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -17,8 +21,38 @@ from torch import Tensor, nn
 
 from cropkit.models.foundation import check_images
 
-Architecture = Literal["conv", "vit"]
-ARCHITECTURES: tuple[str, ...] = ("conv", "vit")
+Architecture = Literal["conv", "vit", "vit-small", "vit-base", "vit-tiny"]
+ARCHITECTURES: tuple[str, ...] = ("conv", "vit", "vit-small", "vit-base", "vit-tiny")
+
+
+@dataclass(frozen=True)
+class ViTSize:
+    """A ViT-MAE-style auto-encoder's size. Its patch is the smallest that divides the image into at most 8 x 8
+    patches (4 pixels at 32x32, 8 at 64x64, 20 at 160x160; kit choice: 64 tokens whatever the resolution)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    decoder_hidden_size: int
+    decoder_layers: int
+    decoder_heads: int
+
+
+# Fractions of ViT-MAE-Large's 303.3M encoder parameters, whole auto-encoder counted, at 32x32 (test_paper_shapes);
+# `vit-tiny` has their patch layout at a CPU's size (tests and smoke runs of the paper profile).
+VIT_SIZES: dict[str, ViTSize] = {
+    "vit-small": ViTSize(384, 12, 6, 192, 2, 3),  # ViT-Small's encoder: 22.3M, 7.4%
+    "vit-base": ViTSize(768, 10, 12, 384, 4, 6),  # ViT-Base's width, 10 layers: 78.4M, 25.9%
+    "vit-tiny": ViTSize(48, 2, 2, 32, 1, 1),  # 0.1M
+}
+
+
+def grid_patch_size(image_size: int, max_grid: int = 8) -> int:
+    """The smallest patch size that divides `image_size` into at most `max_grid` patches per side."""
+    for patch in range(math.ceil(image_size / max_grid), image_size + 1):
+        if image_size % patch == 0:
+            return patch
+    raise ValueError(f"image_size must be a positive integer, got {image_size}")
 
 
 class ConvAutoEncoder(nn.Module):
@@ -60,14 +94,16 @@ class ViTAutoEncoder(nn.Module):
 
     def __init__(self, channels: int = 1, image_size: int = 28, patch_size: int = 4, hidden_size: int = 96,
                  num_layers: int = 3, decoder_hidden_size: int = 64, decoder_layers: int = 2, seed: int = 0,
-                 pixel_mean: float = 0.5) -> None:
+                 pixel_mean: float = 0.5, num_heads: int | None = None, decoder_heads: int | None = None) -> None:
         super().__init__()
         from cropkit.pretrain import MAEConfig, build_mae  # the same repaired ViT-MAE construction
 
+        if image_size % patch_size:
+            raise ValueError(f"ViTAutoEncoder: image_size {image_size} is not a multiple of patch_size {patch_size}")
         config = MAEConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                           num_layers=num_layers, num_heads=max(1, hidden_size // 32),
+                           num_layers=num_layers, num_heads=num_heads or max(1, hidden_size // 32),
                            decoder_hidden_size=decoder_hidden_size, decoder_layers=decoder_layers,
-                           decoder_heads=max(1, decoder_hidden_size // 32), mask_ratio=0.0, seed=seed)
+                           decoder_heads=decoder_heads or max(1, decoder_hidden_size // 32), mask_ratio=0.0, seed=seed)
         mae = build_mae(config, num_channels=channels)
         self.encoder, self.decoder = mae.vit, mae.decoder
         _start_at_mean(self.decoder.decoder_pred.bias, pixel_mean)
@@ -106,17 +142,35 @@ def _start_at_mean(bias: Tensor, pixel_mean: float) -> None:
         bias.fill_(math.log(pixel_mean / (1 - pixel_mean)))
 
 
-def build_autoencoder(architecture: Architecture, channels: int, image_size: int, width: int = 16,
+def build_autoencoder(architecture: Architecture, channels: int, image_size: int | None, width: int = 16,
                       latent_channels: int = 64, seed: int = 0, pixel_mean: float = 0.5) -> nn.Module:
-    """A pre-processor by name, seeded; `width` sets the conv width or the ViT hidden size (3 x width)."""
+    """A pre-processor by name, seeded; `width` sets the conv width or the `vit` hidden size (3 x width); the
+    sizes of `VIT_SIZES` fix their own. The ViTs are built for one `image_size`; the conv one takes any (None)."""
     if not 0 < pixel_mean < 1:
         raise ValueError(f"pixel_mean must lie in (0, 1), got {pixel_mean}")
+    if architecture != "conv" and image_size is None:
+        raise ValueError(f"architecture {architecture!r} is built for one image size: pass image_size")
     torch.manual_seed(seed)
     if architecture == "conv":
         return ConvAutoEncoder(channels, width, latent_channels, pixel_mean)
     if architecture == "vit":
         return ViTAutoEncoder(channels, image_size, hidden_size=3 * width, seed=seed, pixel_mean=pixel_mean)
-    raise ValueError(f"Unknown pre-processor architecture {architecture!r}; choose 'conv' or 'vit'")
+    if architecture in VIT_SIZES:
+        size = VIT_SIZES[architecture]
+        return ViTAutoEncoder(channels, image_size, grid_patch_size(image_size), size.hidden_size, size.num_layers,
+                              size.decoder_hidden_size, size.decoder_layers, seed, pixel_mean, size.num_heads,
+                              size.decoder_heads)
+    raise ValueError(f"Unknown pre-processor architecture {architecture!r}; choose one of "
+                     f"{', '.join(['conv', 'vit', *VIT_SIZES])}")
+
+
+def autoencoder_parameters(architecture: Architecture, channels: int, image_size: int | None, width: int = 16,
+                           latent_channels: int = 64) -> int:
+    """The parameter count of `build_autoencoder(...)`, built on the meta device (no memory, no time; the global
+    random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = build_autoencoder(architecture, channels, image_size, width, latent_channels)
+    return sum(p.numel() for p in model.parameters())
 
 
 def parameter_fraction(preprocessor: nn.Module, foundation: nn.Module) -> float:

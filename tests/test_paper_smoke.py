@@ -1,0 +1,51 @@
+"""The paper profile end to end, offline, at the paper's shapes: `cropkit reproduce --profile paper` with the
+miniature datasets in their real formats (tests/miniature.py) under CROPKIT_DATA, a ViT-MAE with
+facebook/vit-mae-large's shapes (224x224, patch 16, tiny widths) as the foundation model, and every size shrunk.
+
+CI runs notebook 02 on CIFAR-2 (`RUNS`): torchvision's CIFAR-10 files read inside the kernel and cut to cat and
+dog, the hub-shaped foundation model loaded from a folder by `from_pretrained` at 224x224, the sized
+pre-processors' patch layout at tiny width (`vit-tiny`), SLF and ALF heads, PGD-10 and PGD-20, and the strong
+attack the profile gives a 2-class task (APGD-CE; its steps shrunk). The other loaders are read through the same
+`load_dataset` in tests/test_paper_shapes.py. A run costs minutes on a CPU whatever its size (L-BFGS head fits,
+kernel start), so more runs do not fit CI's budget; `CROPKIT_PAPER_SMOKE_RUNS=02,04` (any `--only` list) runs
+others, e.g. before a GPU run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from miniature import sitecustomize
+
+from cropkit.reproduce import plan, reproduce
+
+SHRINK = {"architecture": "vit-tiny", "ae_epochs": 1, "n_eval": 8, "n_strong": 4, "strong_steps": 2,
+          "alf_epochs": 1, "alf_steps": 2, "n_alf_train": 16}
+RUNS = os.environ.get("CROPKIT_PAPER_SMOKE_RUNS", "02:cifar2").split(",")
+
+
+@pytest.mark.paper_smoke
+def test_the_paper_profile_runs_end_to_end_offline(paper_data, vit_mae_large_standin, tmp_path, monkeypatch):
+    monkeypatch.setenv("CROPKIT_DATA", str(paper_data))
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "cache"))
+    kernel_path = [str(sitecustomize(tmp_path / "site")), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in kernel_path if p))  # the kernel skips MD5s only
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny tensors: a second thread only contends for shared cores
+    overrides = {"foundation": str(vit_mae_large_standin)} | {
+        k: v for k, v in SHRINK.items() if any(k in r.parameters for r in plan("paper", RUNS))}
+    runs = reproduce("paper", only=RUNS, overrides=overrides, out=tmp_path / "out")
+    assert runs and [(r.status, r.error) for r in runs] == [("ok", "")] * len(plan("paper", RUNS))
+    for run in plan("paper", RUNS, out=tmp_path / "out"):
+        records = [json.loads(line) for line in
+                   (run.output.parent / "records.jsonl").read_text().splitlines()]
+        assert records and all(r["setup"].get("foundation", str(vit_mae_large_standin)) == str(vit_mae_large_standin)
+                               for r in records)
+        if run.name == "02_main_results:cifar2":
+            assert {r["dataset"] for r in records} == {"cifar2"}
+            assert {r["model"] for r in records} == {f"{m} · {p}" for m in (
+                "Identity", "Recon AE", "Adv-denoising AE", "CRoPD (lambda=1)") for p in ("SLF", "ALF")}
+            assert {r["attack"] for r in records} == {"PGD-10", "PGD-20", "APGD-CE-2"}
+            assert {r["setup"]["architecture"] for r in records} == {"vit-tiny"}
+            assert (tmp_path / "out" / "figures" / "paper" / "cifar2" / "02_clean_vs_robust.png").is_file()
