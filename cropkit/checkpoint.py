@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from cropkit.validate import CorruptFileError
+from cropkit.validate import CorruptFileError, require
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -76,11 +76,38 @@ def existing_directory(path: Path) -> Path | None:
     return None
 
 
-def save_weights(model: nn.Module, directory: Path, config: dict[str, Any]) -> None:
-    """Save a module as `model.safetensors` plus `config.json` in `directory` (atomically)."""
+SNAPSHOTS = "epochs"  # the folder, beside a cached model's weights, of its weights after each epoch
+
+
+def save_weights(model: nn.Module, directory: Path, config: dict[str, Any], snapshots: Path | None = None) -> None:
+    """Save a module as `model.safetensors` plus `config.json` in `directory` (atomically), with the per-epoch
+    `snapshots` folder written during training (`save_snapshot`), if any, as `directory/epochs`."""
     with atomic_directory(directory) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         write_json(tmp / "config.json", config)
+        if snapshots is not None:
+            shutil.copytree(snapshots, tmp / SNAPSHOTS)
+
+
+def snapshot_name(epoch: int) -> str:
+    return f"epoch-{epoch:03d}.safetensors"
+
+
+def save_snapshot(model: nn.Module, folder: Path, epoch: int) -> None:
+    """The model's weights after `epoch` epochs, written atomically into `folder` (a run's snapshots)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{snapshot_name(epoch)}.tmp"
+    save_model(model, str(partial))
+    os.replace(partial, folder / snapshot_name(epoch))
+
+
+def load_snapshot(model: nn.Module, directory: Path, epoch: int) -> None:
+    """Load the weights a cached run (`directory`, saved with snapshots) had after `epoch` epochs into `model`."""
+    path = directory / SNAPSHOTS / snapshot_name(epoch)
+    require(path.is_file(), "epoch", epoch, f"{directory} holds no snapshot of that epoch",
+            "pass an epoch the run trained (1 to its epochs)")
+    with reading(path, _cache_remedy(directory)):
+        load_model(model, str(path))
 
 
 @contextlib.contextmanager

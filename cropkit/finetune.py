@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cropkit import precision
-from cropkit.checkpoint import cache_key, existing_directory, load_weights, module_digest, save_weights
+from cropkit.checkpoint import cache_key, existing_directory, load_snapshot, load_weights, module_digest, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
@@ -57,8 +57,9 @@ TRAINS_HEAD = {"aft": True, "tecoa": False, "pmg-aft": False, "trades": True}
 DEFAULT_BETA = {"pmg-aft": 1.0, "trades": 6.0}
 CLIP_LOGIT_SCALE = 100.0  # exp(4.6052), the cap PMG_AFT.py and TeCoA clamp CLIP's logit scale to
 # Bump when a code change alters what fine-tuning produces for the same config (it keys the cache); 2: PMG-AFT's
-# logits, TRADES' single clean forward; 3: the history records the accuracy on each step's own PGD examples.
-RECIPE_VERSION = 3
+# logits, TRADES' single clean forward; 3: the history records the accuracy on each step's own PGD examples;
+# 4: the weights after every epoch are kept (`FinetunedPipeline.at_epoch`).
+RECIPE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,12 @@ class FinetunedPipeline:
     config: FinetuneConfig
     history: list[dict[str, Any]]
     path: Path
+
+    def at_epoch(self, epoch: int) -> Pipeline:
+        """The fine-tuned pipeline as it was after `epoch` epochs (its cost: `self.history[:epoch]`)."""
+        earlier = copy.deepcopy(self.pipeline)
+        load_snapshot(earlier, self.path, epoch)
+        return earlier
 
 
 def kl_divergence(p_logits: Tensor, q_logits: Tensor, reduction: Literal["sum", "batchmean"]) -> Tensor:
@@ -242,10 +249,13 @@ def finetune_robust(
         return means.means("train_") | cost.fields()
 
     partial = out.with_name(out.name + ".partial")
+    snapshots = out.with_name(out.name + ".epochs")
     history = resumable_training(partial, model=tuned, optimizer=optimizer, scheduler=scheduler,
                                  config=asdict(config), epochs=config.epochs, run_epoch=run_epoch,
-                                 desc=f"{config.name} on {data.name}", progress=progress, restart=force)
+                                 desc=f"{config.name} on {data.name}", progress=progress, restart=force,
+                                 snapshots=snapshots)
     tuned.cpu().requires_grad_(False).eval()
-    save_weights(tuned, out, {"finetune": asdict(config), "history": history})
+    save_weights(tuned, out, {"finetune": asdict(config), "history": history}, snapshots)
     shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(snapshots, ignore_errors=True)
     return FinetunedPipeline(tuned, config, history, out)

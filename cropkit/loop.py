@@ -91,13 +91,16 @@ def resumable_training(
     desc: str,
     progress: bool = True,
     restart: bool = False,
+    snapshots: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run `run_epoch(epoch)` for each epoch not yet done, checkpointing to `directory` after every one.
 
     An interrupted run called again with the same config resumes after its last checkpoint (`restart` ignores
     it). Returns the per-epoch history: the stats `run_epoch` returned, plus the epoch number and the epoch's
     wall-clock `seconds` (unless `run_epoch` returns its own, e.g. a `cropkit.cost` measure of training alone).
-    Under torchrun rank 0 alone writes the checkpoint, and every rank waits for it before the next epoch.
+    Under torchrun rank 0 alone writes the checkpoint, and every rank waits for it before the next epoch. With
+    `snapshots`, the model's weights after every epoch are also kept there (`checkpoint.save_snapshot`): a run's
+    budgets along the way, at no extra training.
     """
     # `checkpoint.` looked up at call time: the interruption tests replace `save_training_state` there.
     resumed = None if restart else checkpoint.load_training_state(
@@ -112,5 +115,7 @@ def resumable_training(
         if distributed.is_main():
             checkpoint.save_training_state(directory, model=model, optimizer=optimizer, scheduler=scheduler,
                                            epoch=epoch + 1, history=history, config=config)
+            if snapshots is not None:
+                checkpoint.save_snapshot(model, snapshots, epoch + 1)
         distributed.barrier()
     return history

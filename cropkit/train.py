@@ -12,6 +12,7 @@ notebooks share trained pre-processors instead of retraining them.
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cropkit import distributed, precision
-from cropkit.checkpoint import cache_key, existing_directory, load_weights, save_weights
+from cropkit.checkpoint import cache_key, existing_directory, load_snapshot, load_weights, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
@@ -37,8 +38,9 @@ from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer,
 PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
 # Bump when a code change alters what training produces for the same config (it keys the cache); 2: costs in
-# the history; 3: L_con monitored at the kit's one measuring batch size, with its increase over the clean value.
-RECIPE_VERSION = 3
+# the history; 3: L_con monitored at the kit's one measuring batch size, with its increase over the clean value;
+# 4: the weights after every epoch are kept (`TrainedPreprocessor.at_epoch`).
+RECIPE_VERSION = 4
 MONITOR_SIZE = 512  # held-out test images on which reconstruction and L_con are tracked every epoch
 
 
@@ -103,6 +105,12 @@ class TrainedPreprocessor:
         from cropkit.pretrained import from_pretrained
 
         return from_pretrained(name_or_path, foundation=foundation, allow_other_foundation=allow_other_foundation)
+
+    def at_epoch(self, epoch: int) -> nn.Module:
+        """The pre-processor as it was after `epoch` epochs of this run (its cost: `self.history[:epoch]`)."""
+        earlier = copy.deepcopy(self.model)
+        load_snapshot(earlier, self.path, epoch)
+        return earlier
 
 
 def preprocessor_dir(config: PreprocessorConfig, train: ImageData | None = None) -> Path:
@@ -216,13 +224,15 @@ def train_preprocessor(
         return stats
 
     partial = out.with_name(out.name + ".partial")
+    snapshots = out.with_name(out.name + ".epochs")
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
                                  config=asdict(config), epochs=config.epochs, run_epoch=run_epoch,
                                  desc=f"{config.name} on {config.dataset}", progress=progress and distributed.is_main(),
-                                 restart=force)
+                                 restart=force, snapshots=snapshots)
     model.cpu().requires_grad_(False).eval()
     if distributed.is_main():
-        save_weights(model, out, {"preprocessor": asdict(config), "history": history})
+        save_weights(model, out, {"preprocessor": asdict(config), "history": history}, snapshots)
         shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(snapshots, ignore_errors=True)
     distributed.barrier()
     return TrainedPreprocessor(model, config, history, out)

@@ -53,3 +53,21 @@ def test_running_means_weight_each_batch_by_its_examples():
     means.add({"loss": 3.0, "acc": 1.0}, 1)
     assert means.count == 4
     assert means.means("train_") == pytest.approx({"train_loss": 1.5, "train_acc": 0.625})
+
+
+def test_snapshots_keep_every_epochs_weights_and_a_cached_run_serves_them(tmp_path, monkeypatch):
+    """The frontier of notebook 07 reads a run's budgets from its per-epoch weights instead of retraining them."""
+    from cropkit.train import PreprocessorConfig, train_preprocessor
+
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    config = PreprocessorConfig(dataset="digits", width=4, latent_channels=8, epochs=3, batch_size=256)
+    trained = train_preprocessor(config, progress=False)
+    last = trained.at_epoch(3)
+    assert all(torch.equal(a, b) for a, b in zip(last.state_dict().values(), trained.model.state_dict().values()))
+    first = trained.at_epoch(1)
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), last.state_dict().values()))
+    cached = train_preprocessor(config, progress=False)  # served from the cache, snapshots included
+    assert all(torch.equal(a, b) for a, b in zip(cached.at_epoch(1).state_dict().values(), first.state_dict().values()))
+    assert not list(tmp_path.glob("preprocessors/*.epochs"))  # moved into the cached folder, not left beside it
+    with pytest.raises(ValueError, match="epoch = 4"):
+        trained.at_epoch(4)

@@ -325,14 +325,14 @@ def nb06(w: Workload) -> None:
 
 
 def nb07(w: Workload) -> None:
+    """Notebook 06's runs (cached), each budget a run's weights after that many epochs: evaluations only."""
     p, d = w.p, w.data(w.p["dataset"])
     fm = w.foundation(p["dataset"])
-    stacks = []
-    for epochs in p["ae_budgets"]:
-        ae = w.preprocessor(_ae_config(p, kind="cropd", lam=p["lam"], epochs=epochs))
+    ae = w.preprocessor(_ae_config(p, kind="cropd", lam=p["lam"], epochs=p["ae_epochs"]))
+    for _ in p["ae_budgets"]:
         w.slf(ae + fm, p["dataset"])
-        stacks.append(ae + fm)
-    stacks += [fm] * len(_finetune_models(w, p["ft_budgets"]))
+    stacks = [ae + fm] * len(p["ae_budgets"])
+    stacks += [fm] * (len(_finetune_models(w, [p["ft_epochs"]])) * len(p["ft_budgets"]))
     for stack in stacks:
         w.evaluate(stack, w.n("n_eval", p["dataset"]), [pgd(p["eps"], 10), strong(p)], d.classes, "defended")
 
