@@ -31,9 +31,9 @@ from cropkit.results import provenance
 
 METHODS = ("aft", "tecoa", "pmg-aft")
 STARTS = ("slf", "alf")
-LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 ATTACK_STEPS = (3,)
-EPOCHS, N_TRAIN, N_VALIDATION, EPS = 4, 1000, 300, 0.1
+EPOCHS, N_TRAIN, BATCH_SIZE, N_VALIDATION, EPS = 4, 1000, 32, 300, 0.1
 
 
 def main() -> None:
@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=list(ATTACK_STEPS))
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--n-train", type=int, default=N_TRAIN)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     args = parser.parse_args()
     train = load_dataset("mnist5k", "train")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
@@ -56,7 +57,7 @@ def main() -> None:
     rows = []
     for method, start, lr, steps in itertools.product(args.methods, args.starts, args.lr, args.steps):
         config = FinetuneConfig(method=method, eps=EPS, lr=lr, attack_steps=steps, epochs=args.epochs,
-                                n_train=args.n_train)
+                                n_train=args.n_train, batch_size=args.batch_size)
         run = finetune_robust(starts[start], fitting, config)
         (record,) = evaluate(run.pipeline, validation, [pgd(EPS, 10)], model_name=config.name)
         rows.append({"method": method, "start": start, "lr": lr, "attack_steps": steps, "config": asdict(config),
@@ -71,7 +72,8 @@ def main() -> None:
     args.out.write_text(json.dumps({"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(),
                                     "grid": {"start": args.starts, "lr": args.lr, "attack_steps": args.steps,
                                              "epochs": args.epochs,
-                                             "n_train": args.n_train, "n_validation": N_VALIDATION, "eps": EPS,
+                                             "n_train": args.n_train, "batch_size": args.batch_size,
+                                             "n_validation": N_VALIDATION, "eps": EPS,
                                              "foundation": args.foundation},
                                     "runs": rows, "chosen": {m: {"start": r["start"], "lr": r["lr"], "attack_steps": r["attack_steps"]}
                                                              for m, r in best.items()},

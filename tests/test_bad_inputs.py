@@ -309,8 +309,8 @@ def test_fractions_on_the_command_line_are_numbers():
     from cropkit.reproduce import parse_overrides, plan
 
     assert parse_overrides(["eps=8/255", "eps_grid=[0, 2/255]"]) == {"eps": 8 / 255, "eps_grid": [0, 2 / 255]}
-    (_, params), = plan("quick", only=["00"], overrides=parse_overrides(["eps=8/255"]))
-    assert params["eps"] == pytest.approx(0.0313725, abs=1e-7)
+    (run,) = plan("quick", only=["00"], overrides=parse_overrides(["eps=8/255"]))
+    assert run.parameters["eps"] == pytest.approx(0.0313725, abs=1e-7)
 
 
 # ----------------------------------------------------------------------------------------------------------------

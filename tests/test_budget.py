@@ -92,13 +92,13 @@ def test_work_shared_through_the_cache_is_counted_once(tmp_path, monkeypatch):
 
 
 def test_quick_estimate_is_within_a_factor_of_the_measured_time(tiny_foundation_dir, tmp_path, monkeypatch):
-    """Notebook 03 of the quick profile, shrunk (the digits, two lambdas, one epoch, 50 test images, the tiny
+    """Notebook 03 of the quick profile, shrunk (the digits, two lambdas, one epoch, 128 test images, the tiny
     foundation model so that nothing needs pre-training): the estimate at this machine's measured FLOP/s against
     the run's wall-clock, both on one thread (a second only contends for shared cores at these sizes)."""
     monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     overrides = {"dataset": "digits", "foundation": str(tiny_foundation_dir), "lambdas": [0.0, 1.0], "ae_epochs": 1,
-                 "n_eval": 50}
+                 "n_eval": 128}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

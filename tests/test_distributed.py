@@ -90,7 +90,8 @@ def test_rank_0_alone_writes_checkpoints_and_two_processes_resume_a_one_process_
 
 def test_sharded_evaluation_gives_the_unsharded_accuracies(runs):
     one, two, out = runs
-    assert len((out / "records.jsonl").read_text().splitlines()) == len(ATTACKS)  # appended by rank 0 alone
+    # appended by rank 0 alone: one record per attack and their per-example worst case
+    assert len((out / "records.jsonl").read_text().splitlines()) == len(ATTACKS) + 1
     for ours, theirs in zip(one["records"], two["records"], strict=True):
         assert (ours["processes"], theirs["processes"]) == (1, 2)
         assert ours["attack"] == theirs["attack"]

@@ -39,13 +39,13 @@ def test_the_paper_profile_runs_end_to_end_offline(paper_data, vit_mae_large_sta
     assert runs and [(r.status, r.error) for r in runs] == [("ok", "")] * len(plan("paper", RUNS))
     for run in plan("paper", RUNS, out=tmp_path / "out"):
         records = [json.loads(line) for line in
-                   (run.output.parent / "records.jsonl").read_text().splitlines()]
+                   (run.output.parent / f"{run.notebook.stem}.jsonl").read_text().splitlines()]
         assert records and all(r["setup"].get("foundation", str(vit_mae_large_standin)) == str(vit_mae_large_standin)
                                for r in records)
         if run.name == "02_main_results:cifar2":
             assert {r["dataset"] for r in records} == {"cifar2"}
             assert {r["model"] for r in records} == {f"{m} · {p}" for m in (
                 "Identity", "Recon AE", "Adv-denoising AE", "CRoPD (lambda=1)") for p in ("SLF", "ALF")}
-            assert {r["attack"] for r in records} == {"PGD-10", "PGD-20", "APGD-CE-2"}
+            assert {r["attack"] for r in records} == {"PGD-10", "PGD-20", "APGD-CE-2", "worst case"}
             assert {r["setup"]["architecture"] for r in records} == {"vit-tiny"}
             assert (tmp_path / "out" / "figures" / "paper" / "cifar2" / "02_clean_vs_robust.png").is_file()

@@ -103,7 +103,7 @@ def test_cli_reproduce_runs_a_notebook_end_to_end(tmp_path):
     assert "[1/1] 00_quickstart" in done.stdout and "total" in done.stdout
     executed = nbformat.read(tmp_path / "results" / "quick" / "00_quickstart.ipynb", as_version=4)
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
-    records = [json.loads(line) for line in (tmp_path / "results" / "quick" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "results" / "quick" / "00_quickstart.jsonl").read_text().splitlines()]
     attacked = [r for r in records if r.get("attack")]
     assert {r["attack"] for r in attacked} >= {"PGD-10", "PGD-20"} and all(r["n_examples"] == 100 for r in attacked)
     assert (tmp_path / "figures" / "quick" / "00_accuracy_vs_eps.png").stat().st_size > 10_000
