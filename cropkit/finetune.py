@@ -165,25 +165,33 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
                             step=config.step_size, generator=generator)
     model.train(training)
     adv_logits = logits(model, x_adv)
-    # The accuracy on the step's own adversarial examples: whether the model is becoming robust at all.
-    adv_accuracy = (adv_logits.argmax(dim=1) == y).float().mean().item()
+    # Accuracy on the step's own adversarial examples and on the clean batch: robust training accuracy that rises
+    # while clean accuracy falls is label leaking (the model reads the attack's perturbation), not robustness.
+    adv_accuracy = _accuracy(adv_logits, y)
     if config.method == "trades":
         clean = model(x)  # one forward for both terms; the attack's clean logits hold no graph
         clean_ce, kl = F.cross_entropy(clean, y), kl_divergence(clean, adv_logits, "batchmean")
         return clean_ce + config.kl_weight * kl, {"clean_ce": clean_ce.item(), "kl": kl.item(),
-                                                  "adv_accuracy": adv_accuracy}
+                                                  "adv_accuracy": adv_accuracy, "clean_accuracy": _accuracy(clean, y)}
     adv_ce = F.cross_entropy(adv_logits, y)
     if config.method != "pmg-aft":
-        return adv_ce, {"adv_ce": adv_ce.item(), "adv_accuracy": adv_accuracy}
+        with torch.no_grad():
+            clean_accuracy = _accuracy(model(x), y)
+        return adv_ce, {"adv_ce": adv_ce.item(), "adv_accuracy": adv_accuracy, "clean_accuracy": clean_accuracy}
     if guide is None:
         raise ValueError("PMG-AFT needs the frozen original model as its guide")
     with torch.no_grad():
         guide_logits = logits(guide, x_adv)
+    clean_logits = logits(model, x)
     kl_guide = kl_divergence(guide_logits, adv_logits, "sum")
-    kl_clean = kl_divergence(logits(model, x), adv_logits, "sum")
+    kl_clean = kl_divergence(clean_logits, adv_logits, "sum")
     loss = adv_ce + config.alpha * kl_guide + config.kl_weight * kl_clean
     return loss, {"adv_ce": adv_ce.item(), "kl_guide": kl_guide.item(), "kl_clean": kl_clean.item(),
-                  "adv_accuracy": adv_accuracy}
+                  "adv_accuracy": adv_accuracy, "clean_accuracy": _accuracy(clean_logits, y)}
+
+
+def _accuracy(logits: Tensor, y: Tensor) -> float:
+    return (logits.argmax(dim=1) == y).float().mean().item()
 
 
 def unfreeze(pipeline: Pipeline, config: FinetuneConfig) -> list[nn.Parameter]:

@@ -1,6 +1,7 @@
 """The robust fine-tuning recipe of the quick profile, chosen by one search that treats every method alike.
 
-    python investigations/finetune_recipe.py [--out investigations/finetune_recipe.json]
+    python investigations/finetune_recipe.py [--out investigations/finetune_recipe.json] [--lr ...] [--steps ...]
+    python investigations/finetune_recipe.py --append --lr 3e-4 --steps 10   # more points, one file
 
 Budget rule (the same for AFT, TeCoA and PMG-AFT): every method gets the same grid of head starts, learning
 rates and PGD steps, the same number of training examples and epochs (hence the same number of attacked
@@ -47,13 +48,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--n-train", type=int, default=N_TRAIN)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--append", action="store_true",
+                        help="add this grid's points to the runs already in --out (the same budget rule) and rechoose")
     args = parser.parse_args()
+    earlier = json.loads(args.out.read_text()) if args.append else {"grids": [], "runs": []}
     train = load_dataset("mnist5k", "train")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     validation = replace(train, images=train.images[order[:N_VALIDATION]], labels=train.labels[order[:N_VALIDATION]])
     fitting = replace(train, images=train.images[order[N_VALIDATION:]], labels=train.labels[order[N_VALIDATION:]])
     slf = fit_slf(None, load_foundation(args.foundation), fitting)
-    starts = {"slf": slf, "alf": fit_alf(slf, fitting.take(args.n_train), pgd(EPS, 3), epochs=1)[0]}
+    starts = {"slf": slf}
+    if "alf" in args.starts:
+        starts["alf"] = fit_alf(slf, fitting.take(args.n_train), pgd(EPS, 3), epochs=1)[0]
     rows = []
     for method, start, lr, steps in itertools.product(args.methods, args.starts, args.lr, args.steps):
         config = FinetuneConfig(method=method, eps=EPS, lr=lr, attack_steps=steps, epochs=args.epochs,
@@ -67,18 +73,17 @@ def main() -> None:
                                  for h in run.history]})
         print(f"{config.name} from {start.upper()}, lr {lr:g} PGD-{steps}: clean {record['clean_accuracy']:.1%}, "
               f"PGD-10 {record['robust_accuracy']:.1%}", flush=True)
+    grid = {"start": args.starts, "lr": args.lr, "attack_steps": args.steps, "epochs": args.epochs,
+            "n_train": args.n_train, "batch_size": args.batch_size, "n_validation": N_VALIDATION, "eps": EPS,
+            "foundation": args.foundation}
+    rows = earlier["runs"] + rows
+    methods = sorted({r["method"] for r in rows}, key=list(METHODS).index)
     best = {m: max((r for r in rows if r["method"] == m), key=lambda r: (r["validation_pgd10"], r["validation_clean"]))
-            for m in args.methods}
+            for m in methods}
+    chosen = {m: {k: r[k] for k in ("start", "lr", "attack_steps")} for m, r in best.items()}
     args.out.write_text(json.dumps({"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(),
-                                    "grid": {"start": args.starts, "lr": args.lr, "attack_steps": args.steps,
-                                             "epochs": args.epochs,
-                                             "n_train": args.n_train, "batch_size": args.batch_size,
-                                             "n_validation": N_VALIDATION, "eps": EPS,
-                                             "foundation": args.foundation},
-                                    "runs": rows, "chosen": {m: {"start": r["start"], "lr": r["lr"], "attack_steps": r["attack_steps"]}
-                                                             for m, r in best.items()},
+                                    "grids": earlier["grids"] + [grid], "runs": rows, "chosen": chosen,
                                     **provenance("cpu")}, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()
