@@ -167,6 +167,7 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
     adv_logits = logits(model, x_adv)
     # Accuracy on the step's own adversarial examples and on the clean batch: robust training accuracy that rises
     # while clean accuracy falls is label leaking (the model reads the attack's perturbation), not robustness.
+    # For AFT and TeCoA this costs one no-grad forward, counted in the run's FLOPs like every other pass.
     adv_accuracy = _accuracy(adv_logits, y)
     if config.method == "trades":
         clean = model(x)  # one forward for both terms; the attack's clean logits hold no graph

@@ -123,7 +123,9 @@ def measured_attack_passes(kind: str, steps: int) -> float:
 
 def finetune_passes(method: str, steps: int) -> float:
     """Forward passes of the foundation model per fine-tuning example, closed form (`finetune.finetune_loss`)."""
-    extra = {"aft": 3, "tecoa": 3, "pmg-aft": 7, "trades": 10}[method]  # PMG-AFT: guide + clean; TRADES: 3 clean
+    # AFT, TeCoA: the training forward and backward, plus the no-grad clean forward that monitors label leaking;
+    # PMG-AFT: guide + clean; TRADES: 3 clean
+    extra = {"aft": 4, "tecoa": 4, "pmg-aft": 7, "trades": 10}[method]
     return 2 * steps + extra
 
 
