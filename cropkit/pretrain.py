@@ -189,7 +189,8 @@ def pretrain_mae(
 
 # Embedded pre-training settings per dataset (kit choices). For MNIST-5k, linear probe on 1,000 test images
 # (investigations/pretraining_budget.py, 2-core CPU): pixel loss 20/40/80 epochs 80.7/85.5/91.7%; the normalised-
-# pixel loss at 40 epochs 89.8% (raw pixels 89.7%) at half the cost of 80, so the preset takes that.
+# pixel loss at 40 epochs 89.8% (raw pixels 89.7%) at half the cost of 80, so the preset takes that (notebook 00's
+# probe, with its own weight-decay choice, gave 88.6% against pixels' 89.7% on a fresh clone: not resolved).
 PRESETS: dict[str, MAEConfig] = {
     "mnist5k": MAEConfig(norm_pix_loss=True, epochs=40),
     # Sized for a CPU (measured: 463 s on 2 cores); on a GPU, `cropkit pretrain-fm --epochs` buys more.
