@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from cropkit.attacks import pgd
+from cropkit.checkpoint import atomic_write_bytes
 from cropkit.data import load_dataset
 from cropkit.evaluate import evaluate
 from cropkit.finetune import FinetuneConfig, finetune_robust
@@ -81,9 +82,10 @@ def main() -> None:
     best = {m: max((r for r in rows if r["method"] == m), key=lambda r: (r["validation_pgd10"], r["validation_clean"]))
             for m in methods}
     chosen = {m: {k: r[k] for k in ("start", "lr", "attack_steps")} for m, r in best.items()}
-    args.out.write_text(json.dumps({"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(),
-                                    "grids": earlier["grids"] + [grid], "runs": rows, "chosen": chosen,
-                                    **provenance("cpu")}, indent=1) + "\n")
+    summary = {"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(), "grids": earlier["grids"] + [grid],
+               "runs": rows, "chosen": chosen, **provenance("cpu")}
+    atomic_write_bytes(args.out, (json.dumps(summary, indent=1) + "\n").encode())
+
 
 if __name__ == "__main__":
     main()
