@@ -5,6 +5,11 @@ only clean-correct examples are attacked (as AutoAttack does). Every adversarial
 the eps-ball and in [0, 1] before it is scored. Every record carries the verdict of the gradient-masking audit:
 the full one (`cropkit.audit.run`) when its report is passed in, else the structural checks run here; its 95%
 intervals; and its per-example outcomes, from which paired comparisons and the worst case over attacks follow.
+
+An attack's per-example outcomes are cached (`cache_dir()/evaluations`), keyed by the model's weights, the
+examples' content, the attack's settings, seed, batch size, precision and `EVAL_RECIPE_VERSION`: the notebooks
+evaluate the same cached models on the same images run after run, and a replayed record says `"cached": true`
+(its `runtime_s` is the run that computed it). `cache=False`, or more than one process, always attacks.
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ from torch import Tensor, nn
 
 from cropkit import distributed, precision
 from cropkit.attacks import IMPLEMENTATION, AttackSpec
+from cropkit.checkpoint import cache_key, module_digest, read_json, reading, write_json
 from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
+from cropkit.paths import cache_dir
 from cropkit.precision import PRECISIONS, Precision, describe, fp32, resolve_device
 from cropkit.progress import bar as progress_bar
-from cropkit.results import accuracy_fields, append_records, encode_outcomes, provenance, worst_case
-from cropkit.validate import check_adversarial, check_evaluation, choice
+from cropkit.results import accuracy_fields, append_records, decode_outcomes, encode_outcomes, provenance, worst_case
+from cropkit.validate import boolean, check_adversarial, check_evaluation, choice
+
+# Bump when a change to the attacks or to scoring alters the outcomes for the same model, examples and attack
+# (it keys the cache of outcomes).
+EVAL_RECIPE_VERSION = 1
 
 
 def _pinned(t: Tensor, device: torch.device) -> Tensor:
@@ -122,6 +133,7 @@ def evaluate(
     audit: AuditReport | None = None,
     compile: str | None = None,
     precision: Precision = "auto",
+    cache: bool = True,
 ) -> list[dict[str, Any]]:
     """Clean and robust accuracy of `pipeline` on `data` under each attack; append the records to `results`.
 
@@ -138,20 +150,34 @@ def evaluate(
     fits the GPU (256 on a CPU); the attacks' random starts are seeded per batch, so the batch size is recorded.
     Under torchrun every rank calls it alike: the clean pass is split by examples and the attacks by batches
     (`attack_batches`), the counts are summed across ranks, and rank 0 appends the records; the accuracies equal
-    the one-process ones.
+    the one-process ones. `cache=False` attacks even where the outcomes are cached (module docstring).
     """
     choice(PRECISIONS, "precision")("precision", precision)
+    boolean("cache", cache)
     with fp32(precision == "fp32"):  # the input checks run a forward pass too
         check_evaluation(pipeline, data, attacks, model_name=model_name, batch_size=batch_size, seed=seed,
                          results=results)
         return _evaluate(pipeline, data, attacks, model_name=model_name, seed=seed, batch_size=batch_size,
-                         device=device, results=results, setup=setup, audit=audit, compile=compile)
+                         device=device, results=results, setup=setup, audit=audit, compile=compile, cache=cache)
+
+
+def outcomes_dir() -> Path:
+    """The folder of cached attack outcomes (module docstring)."""
+    return cache_dir() / "evaluations"
+
+
+def outcomes_path(model_digest: str, data: ImageData, spec: AttackSpec, **context: Any) -> Path:
+    """Where the per-example outcomes of `spec` on `data` for the model with weights `model_digest` are cached;
+    `context` holds what else decides them (seed, batch size, precision, compile backend)."""
+    fields = {"model": model_digest, "attack": spec.settings(data.num_classes), "restarts": spec.restarts,
+              "implementation": IMPLEMENTATION, **context}
+    return outcomes_dir() / f"{data.name}-{cache_key(fields, recipe=EVAL_RECIPE_VERSION, data=data.digest())}.json"
 
 
 def _evaluate(
     pipeline: nn.Module, data: ImageData, attacks: Sequence[AttackSpec], *, model_name: str, seed: int,
     batch_size: int | Literal["auto"], device: torch.device | str | None, results: str | os.PathLike[str] | None,
-    setup: dict[str, Any] | None, audit: AuditReport | None, compile: str | None,
+    setup: dict[str, Any] | None, audit: AuditReport | None, compile: str | None, cache: bool,
 ) -> list[dict[str, Any]]:
     device = resolve_device(device)
     pipeline = pipeline.to(device).eval()
@@ -189,16 +215,30 @@ def _evaluate(
     n_batches = math.ceil(len(attacked_labels) / batch_size)
     batches = range(n_batches)[distributed.shard(n_batches)]
     rows = slice(batches.start * batch_size, batches.stop * batch_size)
+    digest = module_digest(pipeline) if cache and distributed.world_size() == 1 else None
     for spec in attacks:
-        started = time.perf_counter()
-        x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
-                               batch_size=batch_size, batches=batches,
-                               desc=f"{model_name}: {spec.label} eps={spec.eps:.4g}")
-        held = torch.zeros(len(attacked_labels), dtype=torch.int64)
-        if len(x_adv):
-            held[rows] = (predict(model, x_adv, batch_size) == attacked_labels[rows]).long()
-        robust = torch.zeros(n, dtype=torch.bool)
-        robust[correct] = distributed.sum_across(held).bool()
+        path = None if digest is None else outcomes_path(digest, data, spec, seed=seed, batch_size=batch_size,
+                                                         precision=describe(device), compile=compile)
+        if path is not None and path.is_file():
+            with reading(path, f"delete it (the attack reruns): rm {path}"):
+                saved = read_json(path)
+                robust = torch.from_numpy(decode_outcomes(saved["robust"], n))
+                if (robust & ~correct).any():  # also fails on a file of the wrong length
+                    raise ValueError("examples robust there are misclassified clean here")
+            replayed = {"cached": True, "runtime_s": saved["runtime_s"]}
+        else:
+            started = time.perf_counter()
+            x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
+                                   batch_size=batch_size, batches=batches,
+                                   desc=f"{model_name}: {spec.label} eps={spec.eps:.4g}")
+            held = torch.zeros(len(attacked_labels), dtype=torch.int64)
+            if len(x_adv):
+                held[rows] = (predict(model, x_adv, batch_size) == attacked_labels[rows]).long()
+            robust = torch.zeros(n, dtype=torch.bool)
+            robust[correct] = distributed.sum_across(held).bool()
+            replayed = {"cached": False, "runtime_s": clean_seconds + time.perf_counter() - started}
+            if path is not None:
+                write_json(path, {"robust": encode_outcomes(robust), "runtime_s": replayed["runtime_s"]})
         records.append(base | {
             "attack": spec.label,
             "eps": spec.eps,
@@ -206,7 +246,7 @@ def _evaluate(
             "implementation": IMPLEMENTATION,
             **accuracy_fields(robust, "robust"),
             "outcomes": {"clean": encode_outcomes(correct), "robust": encode_outcomes(robust)},
-            "runtime_s": clean_seconds + time.perf_counter() - started,
+            **replayed,
         })
     if len({spec.eps for spec in attacks}) == 1 and len(attacks) > 1:
         records.append(worst_case(records))

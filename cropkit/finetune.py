@@ -22,6 +22,11 @@ trains it on adversarial examples made inside every step by PGD through the copy
   gradient through it). Deviations: the attack starts uniformly in the eps-ball (theirs: x + 0.001 * N(0, 1));
   an ACL encoder sends clean and adversarial images through its `pgd` BatchNorm, their `--dualBN 0` (their
   default `trades_loss_dual` sends clean ones through `normal`).
+Every method may grow the attack's radius linearly from 0 to eps over its first `eps_warmup_epochs` (by
+optimiser step): the eps-warmup of Debenedetti, Sehwag & Mittal 2023, "A Light Recipe to Train Robust Vision
+Transformers" (their code's `--eps-schedule`, a sine ramp there). Not in the TeCoA or PMG-AFT code, which start
+from CLIP at full eps; a small ViT from its MAE start collapses to near-chance clean accuracy under full-eps PGD
+from the first step (`investigations/finetune_recipe.json`), so the kit's recipe uses it for every method alike.
 One training loop serves all four; runs are checkpointed every epoch, resumable, and cached by the config and
 a digest of the starting weights, so notebooks share them. Every epoch's history carries its cost
 (`cropkit.cost`): wall-clock, examples, FLOPs (attack steps included), trainable parameters, peak memory.
@@ -58,15 +63,16 @@ DEFAULT_BETA = {"pmg-aft": 1.0, "trades": 6.0}
 CLIP_LOGIT_SCALE = 100.0  # exp(4.6052), the cap PMG_AFT.py and TeCoA clamp CLIP's logit scale to
 # Bump when a code change alters what fine-tuning produces for the same config (it keys the cache); 2: PMG-AFT's
 # logits, TRADES' single clean forward; 3: the history records the accuracy on each step's own PGD examples;
-# 4: the weights after every epoch are kept (`FinetunedPipeline.at_epoch`).
-RECIPE_VERSION = 4
+# 4: the weights after every epoch are kept (`FinetunedPipeline.at_epoch`); 5: eps-warmup.
+RECIPE_VERSION = 5
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One robust fine-tuning run. `last_blocks=None` trains the whole foundation model; `train_head=None` takes
     the method's default (`TRAINS_HEAD`); `beta=None` the method's (`DEFAULT_BETA`); `attack_step=None` is
-    2.5 * eps / attack_steps; `temperature` (PMG-AFT only) divides the head's logits, None = `pmg_temperature`."""
+    2.5 * eps / attack_steps (scaled with the radius during `eps_warmup_epochs`, module docstring); `temperature`
+    (PMG-AFT only) divides the head's logits, None = `pmg_temperature`."""
 
     method: Method = "aft"
     eps: float = 0.1
@@ -78,6 +84,7 @@ class FinetuneConfig:
     beta: float | None = None
     temperature: float | None = None
     epochs: int = 2
+    eps_warmup_epochs: int = 0
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -88,8 +95,10 @@ class FinetuneConfig:
         check_fields(self, method=choice(METHODS, "fine-tuning method"), eps=radius, attack_steps=integer(1),
                      attack_step=optional(positive), last_blocks=optional(integer(1)), train_head=optional(boolean),
                      alpha=non_negative, beta=optional(non_negative), temperature=optional(positive),
-                     epochs=integer(1, why=UNTRAINED), batch_size=integer(1), lr=positive, weight_decay=non_negative,
-                     n_train=optional(integer(1)), seed=integer(0))
+                     epochs=integer(1, why=UNTRAINED), eps_warmup_epochs=integer(0), batch_size=integer(1),
+                     lr=positive, weight_decay=non_negative, n_train=optional(integer(1)), seed=integer(0))
+        require(self.eps_warmup_epochs <= self.epochs, "FinetuneConfig.eps_warmup_epochs", self.eps_warmup_epochs,
+                f"longer than the run's {self.epochs} epochs: it would never attack at eps", "pick at most `epochs`")
         require(self.temperature is None or self.method == "pmg-aft", "FinetuneConfig.temperature", self.temperature,
                 f"only PMG-AFT divides its logits by a temperature, not {self.method!r}", "leave it None")
 
@@ -104,6 +113,11 @@ class FinetuneConfig:
     @property
     def step_size(self) -> float:
         return self.attack_step if self.attack_step is not None else 2.5 * self.eps / self.attack_steps
+
+    def radius(self, step: int, steps_per_epoch: int) -> float:
+        """The attack's radius at optimiser step `step` (from 0): eps, grown linearly during the warmup."""
+        warmup = self.eps_warmup_epochs * steps_per_epoch
+        return self.eps if step >= warmup else self.eps * (step + 1) / warmup
 
     @property
     def name(self) -> str:
@@ -141,14 +155,19 @@ def pmg_temperature(config: FinetuneConfig, model: nn.Module) -> float:
     return float(getattr(getattr(model, "head", None), "logit_scale", CLIP_LOGIT_SCALE))
 
 
-def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneConfig, x: Tensor, y: Tensor,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
+def finetune_loss(
+    model: nn.Module, guide: nn.Module | None, config: FinetuneConfig, x: Tensor, y: Tensor,
+    generator: torch.Generator | None = None, eps: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
     """The training loss of `config.method` on one batch, and its parts for the history (module docstring).
 
-    `guide` is the frozen original pipeline (PMG-AFT only). The adversarial examples are made with the model in
-    eval mode (RobustSSL's TRADES does so; TeCoA's and PMG-AFT's CLIP tower has no layer that differs).
+    `guide` is the frozen original pipeline (PMG-AFT only); `eps` the radius of this step (default `config.eps`;
+    the step size scales with it). The adversarial examples are made with the model in eval mode (RobustSSL's
+    TRADES does so; TeCoA's and PMG-AFT's CLIP tower has no layer that differs).
     """
     scale = pmg_temperature(config, model) if config.method == "pmg-aft" else 1.0
+    eps = config.eps if eps is None else eps
+    step = config.step_size * eps / config.eps if config.eps > 0 else config.step_size
 
     def logits(network: nn.Module, v: Tensor) -> Tensor:
         return network(v) / scale
@@ -158,11 +177,11 @@ def finetune_loss(model: nn.Module, guide: nn.Module | None, config: FinetuneCon
     if config.method == "trades":
         with torch.no_grad():
             clean_logits = model(x)
-        x_adv = linf_ascent(lambda v: kl_divergence(clean_logits, model(v), "sum"), x, config.eps,
-                            steps=config.attack_steps, step=config.step_size, generator=generator)
+        x_adv = linf_ascent(lambda v: kl_divergence(clean_logits, model(v), "sum"), x, eps,
+                            steps=config.attack_steps, step=step, generator=generator)
     else:
-        x_adv = linf_ascent(lambda v: F.cross_entropy(logits(model, v), y), x, config.eps, steps=config.attack_steps,
-                            step=config.step_size, generator=generator)
+        x_adv = linf_ascent(lambda v: F.cross_entropy(logits(model, v), y), x, eps, steps=config.attack_steps,
+                            step=step, generator=generator)
     model.train(training)
     adv_logits = logits(model, x_adv)
     # Accuracy on the step's own adversarial examples and on the clean batch: robust training accuracy that rises
@@ -242,18 +261,21 @@ def finetune_robust(
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = cosine_schedule(optimizer, config.epochs * math.ceil(len(data) / config.batch_size))
     images, labels = data.tensors()
+    steps_per_epoch = math.ceil(len(images) / config.batch_size)
 
     def run_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         means = RunningMeans()
         tuned.train()
-        with measure(tuned, examples=len(images), device=device) as cost:
-            for batch in shuffled_batches(len(images), config.batch_size, generator):
+        with measure(tuned, examples=len(images), device=device, count_flops="first-batch") as cost:
+            for i, batch in enumerate(shuffled_batches(len(images), config.batch_size, generator)):
                 x, y = images[batch].to(device, non_blocking=True), labels[batch].to(device, non_blocking=True)
-                with precision.autocast(device):
-                    loss, parts = finetune_loss(tuned, guide, config, x, y, generator)
-                descend(loss, optimizer, scheduler, name=config.name, epoch=epoch)
-                means.add(parts | {"loss": loss.item()}, len(batch))
+                eps = config.radius(epoch * steps_per_epoch + i, steps_per_epoch)
+                with cost.batch(len(batch)):
+                    with precision.autocast(device):
+                        loss, parts = finetune_loss(tuned, guide, config, x, y, generator, eps)
+                    descend(loss, optimizer, scheduler, name=config.name, epoch=epoch)
+                means.add(parts | {"loss": loss.item(), "eps": eps}, len(batch))
         tuned.eval()
         return means.means("train_") | cost.fields()
 

@@ -7,13 +7,15 @@
   head); the stack stays frozen. As in the ACL papers' ALF (RobustSSL_Benchmark's `train_loop`, mode 'ALF': the
   final iterate of PGD-10 for every example), the head always trains on the attack's perturbed point, so only
   attacks that return one for every example (FGSM, single-run PGD) are accepted. Under bf16 autocast
-  on CUDA, as `evaluate` attacks (fp32 on the CPU).
+  on CUDA, as `evaluate` attacks (fp32 on the CPU). The head and its history are cached like SLF heads, keyed
+  by the starting pipeline's weights, the data, the attack and the schedule.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -89,6 +91,14 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
                          "the clean input where it fails; pass a single-run PGD such as pgd(eps, 10) as `attack`")
     pipeline = Pipeline(slf.preprocessor, slf.foundation, copy.deepcopy(slf.head))
     device = next(pipeline.parameters()).device
+    schedule = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
+    key = cache_key({"start": module_digest(slf), "attack": asdict(attack), "precision": precision.describe(device),
+                     **schedule}, recipe=HEAD_RECIPE_VERSION, data=train.digest())
+    path = cache_dir() / "heads" / f"alf-{train.name}-{key}"
+    found = existing_directory(path)
+    if found is not None:
+        history = load_weights(pipeline.head, found)["history"]
+        return pipeline, history
     head = pipeline.head.requires_grad_(True)
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=2e-4)
     steps = epochs * math.ceil(len(train) / batch_size)
@@ -101,14 +111,16 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
         adversary = attack.build(attacked, n_classes=train.num_classes, seed=seed + epoch)
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         means = RunningMeans()
-        with measure(head, examples=len(images), device=device) as cost:
+        with measure(head, examples=len(images), device=device, count_flops="first-batch") as cost:
             for batch in shuffled_batches(len(images), batch_size, generator):
                 x, y = images[batch].to(device), labels[batch].to(device)
-                logits = attacked(adversary(x, y))
-                loss = F.cross_entropy(logits, y)
-                descend(loss, optimizer, scheduler, name="ALF head", epoch=epoch)
+                with cost.batch(len(batch)):
+                    logits = attacked(adversary(x, y))
+                    loss = F.cross_entropy(logits, y)
+                    descend(loss, optimizer, scheduler, name="ALF head", epoch=epoch)
                 means.add({"adv_loss": loss.item(), "adv_accuracy": (logits.argmax(1) == y).float().mean().item()},
                           len(batch))
         history.append({"epoch": epoch + 1, **means.means(), **cost.fields()})
     head.requires_grad_(False).eval()
+    save_weights(head, path, {"attack": asdict(attack), **schedule, "history": history})
     return pipeline, history

@@ -270,6 +270,7 @@ def worst_case(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         **accuracy_fields(robust, "robust"),
         "outcomes": {"clean": first["outcomes"]["clean"], "robust": encode_outcomes(robust)},
         "runtime_s": sum(r["runtime_s"] for r in records),
+        "cached": all(r.get("cached", False) for r in records),
     }
 
 

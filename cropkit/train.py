@@ -207,13 +207,14 @@ def train_preprocessor(
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         model.train()
         means = RunningMeans()
-        with measure(model, examples=len(images), device=device) as cost:
+        with measure(model, examples=len(images), device=device, count_flops="first-batch") as cost:
             for batch in shuffled_batches(len(images), config.batch_size, generator):
                 part = distributed.shard(len(batch))
-                with precision.autocast(device):
-                    loss, parts = preprocessor_loss(model, config, images[batch.to(device)],
-                                                    labels[batch.to(device)], generator, part)
-                descend(loss, optimizer, scheduler, name=config.name, epoch=epoch, sharded_model=model)
+                with cost.batch(len(batch)):
+                    with precision.autocast(device):
+                        loss, parts = preprocessor_loss(model, config, images[batch.to(device)],
+                                                        labels[batch.to(device)], generator, part)
+                    descend(loss, optimizer, scheduler, name=config.name, epoch=epoch, sharded_model=model)
                 means.add(parts, part.stop - part.start)
         model.eval()
         stats = means.means("train_", across_ranks=True) | cost.fields()

@@ -2,14 +2,17 @@
 
     python investigations/finetune_recipe.py [--out investigations/finetune_recipe.json] [--lr ...] [--steps ...]
     python investigations/finetune_recipe.py --append --lr 3e-4 --steps 10   # more points, one file
+    python investigations/finetune_recipe.py --append --lr 3e-4 --eps-warmup 1 --epochs 3 --n-train 0  # whole split
+    python investigations/finetune_recipe.py --rechoose --epochs 3 --n-train 0  # the choice again, nothing run
 
 Budget rule (the same for AFT, TeCoA and PMG-AFT): every method gets the same grid of head starts, learning
-rates and PGD steps, the same number of training examples and epochs (hence the same number of attacked
-training examples). Head starts: the linear probe on the frozen embedded ViT-MAE (SLF), or that probe trained one
-epoch on PGD examples of the frozen stack (ALF: a head already used to adversarial inputs; TeCoA and PMG-AFT keep
-it fixed, AFT trains it on). Each grid point is scored on held-out *training* images (never the test split) by
-PGD-10 accuracy at eps 0.1, clean accuracy breaking ties; each method's best point is its recipe. Runs are cached
-like any fine-tuning run, so a rerun only re-evaluates.
+rates, PGD steps and eps-warmups, the same number of training examples and epochs (hence the same number of
+attacked training examples). Head starts: the linear probe on the frozen embedded ViT-MAE (SLF), or that probe
+trained one epoch on PGD examples of the frozen stack (ALF: a head already used to adversarial inputs; TeCoA and
+PMG-AFT keep it fixed, AFT trains it on). Each grid point is scored on held-out *training* images (never the test
+split) by PGD-10 accuracy at eps 0.1, clean accuracy breaking ties; each method's best point among the runs with
+this invocation's budget (epochs, examples, batch size: what the notebooks then run) is its recipe. Earlier grids
+stay in the file for the record. Runs are cached like any fine-tuning run, so a rerun only re-evaluates.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ METHODS = ("aft", "tecoa", "pmg-aft")
 STARTS = ("slf", "alf")
 LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 ATTACK_STEPS = (3,)
+EPS_WARMUP = (0,)
+RECIPE = ("lr", "attack_steps", "eps_warmup_epochs", "epochs", "n_train", "batch_size")  # a chosen point's config
 EPOCHS, N_TRAIN, BATCH_SIZE, N_VALIDATION, EPS = 4, 1000, 32, 300, 0.1
 
 
@@ -46,12 +51,21 @@ def main() -> None:
     parser.add_argument("--starts", nargs="+", default=list(STARTS), choices=STARTS)
     parser.add_argument("--lr", type=float, nargs="+", default=list(LEARNING_RATES))
     parser.add_argument("--steps", type=int, nargs="+", default=list(ATTACK_STEPS))
+    parser.add_argument("--eps-warmup", type=int, nargs="+", default=list(EPS_WARMUP),
+                        help="epochs over which the attack's radius grows to eps (FinetuneConfig.eps_warmup_epochs)")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--n-train", type=int, default=N_TRAIN)
+    parser.add_argument("--n-train", type=int, default=N_TRAIN, help="training examples; 0: the whole fitting split")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.add_argument("--append", action="store_true",
                         help="add this grid's points to the runs already in --out (the same budget rule) and rechoose")
+    parser.add_argument("--rechoose", action="store_true",
+                        help="only choose again among the runs in --out with this budget (nothing is trained)")
     args = parser.parse_args()
+    budget = {"epochs": args.epochs, "n_train": args.n_train or None, "batch_size": args.batch_size}
+    if args.rechoose:
+        summary = json.loads(args.out.read_text())
+        write(args.out, summary["grids"], summary["runs"], budget)
+        return
     earlier = json.loads(args.out.read_text()) if args.append else {"grids": [], "runs": []}
     train = load_dataset("mnist5k", "train")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
@@ -60,11 +74,12 @@ def main() -> None:
     slf = fit_slf(None, load_foundation(args.foundation), fitting)
     starts = {"slf": slf}
     if "alf" in args.starts:
-        starts["alf"] = fit_alf(slf, fitting.take(args.n_train), pgd(EPS, 3), epochs=1)[0]
+        starts["alf"] = fit_alf(slf, fitting.take(args.n_train or None), pgd(EPS, 3), epochs=1)[0]
     rows = []
-    for method, start, lr, steps in itertools.product(args.methods, args.starts, args.lr, args.steps):
-        config = FinetuneConfig(method=method, eps=EPS, lr=lr, attack_steps=steps, epochs=args.epochs,
-                                n_train=args.n_train, batch_size=args.batch_size)
+    grid = itertools.product(args.methods, args.starts, args.lr, args.steps, args.eps_warmup)
+    for method, start, lr, steps, warmup in grid:
+        config = FinetuneConfig(method=method, eps=EPS, lr=lr, attack_steps=steps, eps_warmup_epochs=warmup,
+                                epochs=args.epochs, n_train=args.n_train or None, batch_size=args.batch_size)
         run = finetune_robust(starts[start], fitting, config)
         (record,) = evaluate(run.pipeline, validation, [pgd(EPS, 10)], model_name=config.name)
         rows.append({"method": method, "start": start, "lr": lr, "attack_steps": steps, "config": asdict(config),
@@ -72,20 +87,24 @@ def main() -> None:
                      "validation_pgd10_interval": record["robust_interval"],
                      "history": [{k: v for k, v in h.items() if k.startswith("train_") or k == "epoch"}
                                  for h in run.history]})
-        print(f"{config.name} from {start.upper()}, lr {lr:g} PGD-{steps}: clean {record['clean_accuracy']:.1%}, "
-              f"PGD-10 {record['robust_accuracy']:.1%}", flush=True)
-    grid = {"start": args.starts, "lr": args.lr, "attack_steps": args.steps, "epochs": args.epochs,
-            "n_train": args.n_train, "batch_size": args.batch_size, "n_validation": N_VALIDATION, "eps": EPS,
-            "foundation": args.foundation}
-    rows = earlier["runs"] + rows
-    methods = sorted({r["method"] for r in rows}, key=list(METHODS).index)
-    best = {m: max((r for r in rows if r["method"] == m), key=lambda r: (r["validation_pgd10"], r["validation_clean"]))
-            for m in methods}
-    chosen = {m: {k: r[k] for k in ("start", "lr", "attack_steps")} for m, r in best.items()}
-    summary = {"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(), "grids": earlier["grids"] + [grid],
-               "runs": rows, "chosen": chosen, **provenance("cpu")}
-    atomic_write_bytes(args.out, (json.dumps(summary, indent=1) + "\n").encode())
+        print(f"{config.name} from {start.upper()}, lr {lr:g} PGD-{steps}, warmup {warmup}: "
+              f"clean {record['clean_accuracy']:.1%}, PGD-10 {record['robust_accuracy']:.1%}", flush=True)
+    grid = {"start": args.starts, "lr": args.lr, "attack_steps": args.steps, "eps_warmup_epochs": args.eps_warmup,
+            "epochs": args.epochs, "n_train": args.n_train or len(fitting), "batch_size": args.batch_size,
+            "n_validation": N_VALIDATION, "eps": EPS, "foundation": args.foundation}
+    write(args.out, earlier["grids"] + [grid], earlier["runs"] + rows, budget)
 
+
+def write(out: Path, grids: list[dict], rows: list[dict], budget: dict) -> None:
+    """Choose each method's recipe among `rows` run with `budget` (the module's rule) and write the search's file."""
+    same_budget = [r for r in rows if all(r["config"][k] == v for k, v in budget.items())]
+    methods = sorted({r["method"] for r in same_budget}, key=list(METHODS).index)
+    best = {m: max((r for r in same_budget if r["method"] == m),
+                   key=lambda r: (r["validation_pgd10"], r["validation_clean"])) for m in methods}
+    chosen = {m: {"start": r["start"]} | {k: r["config"].get(k, 0) for k in RECIPE} for m, r in best.items()}
+    summary = {"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(), "grids": grids, "runs": rows,
+               "chosen": chosen, **provenance("cpu")}
+    atomic_write_bytes(out, (json.dumps(summary, indent=1) + "\n").encode())
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,16 @@ TINY = MAEConfig(patch_size=7, hidden_size=32, num_layers=1, num_heads=2, decode
                  decoder_layers=1, decoder_heads=2, epochs=2, batch_size=256, warmup_epochs=1)
 
 
+@pytest.fixture(autouse=True)
+def no_cached_attack_outcomes(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every unit test starts without cached attack outcomes, so each `evaluate` in it attacks (and none writes
+    into the user's cache)."""
+    from cropkit import evaluate
+
+    folder = tmp_path_factory.mktemp("evaluations")
+    monkeypatch.setattr(evaluate, "outcomes_dir", lambda: folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("cropkit-cache"))

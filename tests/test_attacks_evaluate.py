@@ -173,6 +173,31 @@ def test_records_keep_intervals_outcomes_and_the_worst_case_over_attacks(tiny_pi
         compare_records(per_attack[0], other[0])
 
 
+def test_attack_outcomes_are_replayed_for_the_same_model_and_examples_only(tiny_pipeline, mnist, monkeypatch):
+    import copy
+
+    from cropkit import evaluate as evaluation
+    from cropkit.validate import CorruptFileError
+
+    test, specs = mnist[1].take(64), [pgd(0.05, steps=3), AttackSpec("fgsm", 0.05)]
+    first = evaluate(tiny_pipeline, test, specs, model_name="identity")
+    assert not any(r["cached"] for r in first)
+    monkeypatch.setattr(evaluation, "attack_batches", lambda *a, **k: pytest.fail("attacked although cached"))
+    again = evaluate(tiny_pipeline, test, specs, model_name="identity")
+    assert all(r["cached"] for r in again)
+    assert [(r["outcomes"], r["runtime_s"]) for r in again] == [(r["outcomes"], r["runtime_s"]) for r in first]
+    changed = copy.deepcopy(tiny_pipeline)
+    changed.head.linear.bias.data += 0.01  # other weights, other examples, another attack: all attacked afresh
+    for args in ((changed, test, specs[:1]), (tiny_pipeline, mnist[1].take(64, seed=1), specs[:1]),
+                 (tiny_pipeline, test, [pgd(0.05, steps=4)])):
+        with pytest.raises(pytest.fail.Exception, match="attacked although cached"):
+            evaluate(*args, model_name="identity")
+    for path in evaluation.outcomes_dir().iterdir():
+        path.write_text(path.read_text()[:20])
+    with pytest.raises(CorruptFileError, match="rm "):
+        evaluate(tiny_pipeline, test, specs, model_name="identity")
+
+
 def test_precision_switch_forces_fp32_and_is_recorded(tiny_pipeline, mnist, monkeypatch):
     from cropkit import precision
 

@@ -37,6 +37,29 @@ def test_measure_counts_attack_steps_through_autograd_grad():
     assert one.flops > 0 and three.flops == 3 * one.flops
 
 
+def test_first_batch_counting_scales_to_the_count_of_every_operation():
+    """The training loops count one batch per epoch (the counter costs about half again the step's time); scaled by
+    the examples, a loop of equal steps and a short last batch gets the full count."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), torch.rand(36, 16)
+
+    def epoch(cost):
+        for batch in x.split(8):  # 4 batches of 8 and one of 4
+            with cost.batch(len(batch)):
+                linf_ascent(lambda v: model(v).sum(), batch, 0.1, steps=2)
+                model(batch).sum().backward()
+
+    with measure(model, examples=36) as full:
+        epoch(full)
+    with measure(model, examples=36, count_flops="first-batch") as sampled:
+        epoch(sampled)
+    assert sampled.flops == pytest.approx(full.flops) and full.flops > 0
+    assert sampled.fields()["flops_counted"].startswith("first batch") and "_sample" not in sampled.fields()
+    with measure(model, examples=36, count_flops=False) as uncounted:
+        epoch(uncounted)
+    assert uncounted.flops != uncounted.flops  # NaN: not counted
+
+
 def test_trainable_parameters_counts_only_what_trains_and_shared_ones_once():
     a = nn.Linear(4, 4)
     b = nn.Sequential(a, nn.Linear(4, 2).requires_grad_(False))

@@ -153,6 +153,22 @@ def test_slf_and_alf_change_only_the_head(tiny_foundation, mnist):
     assert history[0]["trainable_parameters"] == sum(p.numel() for p in slf.head.parameters())
 
 
+def test_alf_heads_are_cached_by_start_data_and_attack(tiny_pipeline, mnist, monkeypatch, tmp_path):
+    from cropkit import protocols
+
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    train = mnist[0].take(64)
+    alf, history = fit_alf(tiny_pipeline, train, pgd(0.1, steps=2), epochs=1, progress=False)
+    monkeypatch.setattr(protocols, "descend", lambda *a, **k: pytest.fail("trained although cached"))
+    again, replayed = fit_alf(tiny_pipeline, train, pgd(0.1, steps=2), epochs=1, progress=False)
+    assert torch.equal(again.head.linear.weight, alf.head.linear.weight) and replayed == history
+    assert not any(p.requires_grad for p in again.parameters())
+    for changed in ({"attack": pgd(0.1, steps=3)}, {"train": mnist[0].take(64, seed=1)}, {"seed": 1}):
+        arguments = {"train": train, "attack": pgd(0.1, steps=2), "seed": 0} | changed
+        with pytest.raises(pytest.fail.Exception, match="trained although cached"):
+            fit_alf(tiny_pipeline, epochs=1, progress=False, **arguments)
+
+
 @pytest.mark.parametrize("attack", [AttackSpec("apgd-ce", 1e-4, steps=2), AttackSpec("apgd", 1e-4, steps=2),
                                     pgd(1e-4, steps=2, restarts=2)])
 def test_alf_refuses_attacks_that_return_clean_inputs_where_they_fail(tiny_pipeline, mnist, attack):

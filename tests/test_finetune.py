@@ -141,6 +141,46 @@ def test_every_method_reports_clean_accuracy_beside_its_robust_training_accuracy
     assert 0 <= parts["adv_accuracy"] <= 1
 
 
+def test_eps_warmup_grows_the_attack_radius_to_eps_then_holds_it(tiny_pipeline, mnist, cache, monkeypatch):
+    config = FinetuneConfig(eps=0.1, epochs=2, eps_warmup_epochs=1, n_train=64, batch_size=16, attack_steps=2)
+    assert [config.radius(step, 4) for step in range(6)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    assert FinetuneConfig(eps=0.1).radius(0, 4) == 0.1  # no warmup: full eps from the first step
+    seen = []
+    real = finetune.linf_ascent
+
+    def recorded(loss, x, eps, *, steps, step, generator=None):
+        seen.append((eps, step))
+        return real(loss, x, eps, steps=steps, step=step, generator=generator)
+
+    monkeypatch.setattr(finetune, "linf_ascent", recorded)
+    result = finetune_robust(tiny_pipeline, mnist[0], config, progress=False)
+    assert [eps for eps, _ in seen] == pytest.approx([0.025, 0.05, 0.075, 0.1] + [0.1] * 4)
+    assert all(step == pytest.approx(2.5 * eps / 2) for eps, step in seen)  # the step size scales with the radius
+    assert [h["train_eps"] for h in result.history] == pytest.approx([0.0625, 0.1])
+    with pytest.raises(ValueError, match="eps_warmup_epochs = 3"):
+        FinetuneConfig(epochs=2, eps_warmup_epochs=3)
+
+
+def test_notebooks_fine_tune_with_the_recipe_the_search_chose():
+    """Notebooks 06 and 07 default to `investigations/finetune_recipe.json`'s choice for every method."""
+    import ast
+    import json
+
+    from cropkit.paths import project_root
+    from cropkit.reproduce import notebook_parameters, numbered_notebooks
+
+    chosen = json.loads((project_root() / "investigations" / "finetune_recipe.json").read_text())["chosen"]
+    for path in numbered_notebooks():
+        p = {k: ast.literal_eval(v) for k, v in notebook_parameters(path).items()}
+        if "ft_lr" not in p:
+            continue
+        for method, recipe in chosen.items():
+            used = {"start": p["ft_start"][method], "lr": p["ft_lr"][method], "attack_steps": p["ft_steps"][method],
+                    "eps_warmup_epochs": p["ft_eps_warmup"][method], "epochs": p["ft_epochs"],
+                    "n_train": p["n_ft_train"], "batch_size": p["ft_batch_size"]}
+            assert used == recipe, f"{path.name}: {method} runs {used}, the search chose {recipe}"
+
+
 def test_finetuning_resumes_to_the_same_weights_and_is_cached(tiny_pipeline, mnist, cache,
                                                               interrupted_after_first_checkpoint):
     config = FinetuneConfig(method="pmg-aft", epochs=2, n_train=64, batch_size=32, attack_steps=1, lr=1e-3)

@@ -299,6 +299,7 @@ def _finetune_models(w: Workload, epochs: Iterable[int]) -> list[Any]:
     if "alf" in p["ft_start"].values():
         w.alf(fm, n_train, 1, 3)
     configs = [FinetuneConfig(method=m, eps=p["eps"], attack_steps=p["ft_steps"][m], epochs=e, lr=p["ft_lr"][m],
+                              eps_warmup_epochs=min(p["ft_eps_warmup"][m], e),
                               last_blocks=p["last_blocks"], n_train=p["n_ft_train"],
                               batch_size=p["ft_batch_size"], seed=p["seed"])
                for m in p["methods"] for e in epochs]
