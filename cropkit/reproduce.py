@@ -17,6 +17,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -273,10 +274,10 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
         started = time.perf_counter()
         status, error = "failed", ""
         try:
-            with _environment({RUN_ENV: run_id, "CROPKIT_PROGRESS": "summary"}):
+            with _environment({RUN_ENV: run_id, "CROPKIT_PROGRESS": "summary"}), \
+                    CellProgress(path, expected, injected=bool(run.parameters)) as progress:
                 papermill.execute_notebook(str(path), str(output), parameters=run.parameters, kernel_name=kernel,
-                                           cwd=str(notebooks_dir()), progress_bar=False,
-                                           on_cell_start=CellProgress(path, expected))
+                                           cwd=str(notebooks_dir()), progress_bar=False, on_cell_start=progress)
             status = "ok"
         except papermill.PapermillExecutionError as failure:
             error = f"cell {failure.exec_count}: {failure.ename}: {failure.evalue}"
@@ -328,26 +329,46 @@ def expected_seconds(path: Path, profile: str, results: Path) -> float | None:
 class CellProgress:
     """nbclient's `on_cell_start` hook: one status line per notebook section while it runs — the section's heading,
     the cell, the time so far and, from the last run's duration, the time left. On a terminal the line is
-    rewritten in place; in a log each new section gets its own line."""
+    rewritten in place, every second while a long cell runs (inside `with`); in a log each new section gets its
+    own line."""
 
-    def __init__(self, path: Path, expected: float | None) -> None:
+    def __init__(self, path: Path, expected: float | None, *, injected: bool = False, refresh_s: float = 1.0) -> None:
         self.sections, heading = [], ""
         for cell in nbformat.read(path, as_version=4).cells:
             if cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"):
                 heading = cell.source.lstrip().splitlines()[0].lstrip("#").strip()
             self.sections.append(heading)
-        self.expected, self.started, self.shown = expected, time.perf_counter(), None
-        self.live = sys.stdout.isatty()
+            if injected and "parameters" in cell.metadata.get("tags", []):
+                self.sections.append(heading)  # papermill's injected-parameters cell follows it
+        self.expected, self.started, self.shown, self.index = expected, time.perf_counter(), None, None
+        self.live, self.refresh_s, self.done = sys.stdout.isatty(), refresh_s, threading.Event()
 
-    def __call__(self, cell: Any, cell_index: int) -> None:
+    def __enter__(self) -> CellProgress:
+        if self.live:
+            threading.Thread(target=self._tick, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+
+    def _tick(self) -> None:
+        while not self.done.wait(self.refresh_s):
+            if self.index is not None:
+                print("\r" + self.line().ljust(110), end="", flush=True)
+
+    def line(self) -> str:
         elapsed = time.perf_counter() - self.started
         left = f", about {max(0.0, self.expected - elapsed):.0f} s left" if self.expected else ""
+        section = self.sections[self.index] if self.index < len(self.sections) else ""
+        return f"      {elapsed:4.0f} s  cell {self.index + 1}/{len(self.sections)}  {section[:60]}{left}"
+
+    def __call__(self, cell: Any, cell_index: int) -> None:
+        self.index = cell_index
         section = self.sections[cell_index] if cell_index < len(self.sections) else ""
-        line = f"      {elapsed:4.0f} s  cell {cell_index + 1}/{len(self.sections)}  {section[:60]}{left}"
         if self.live:
-            print("\r" + line.ljust(110), end="", flush=True)
+            print("\r" + self.line().ljust(110), end="", flush=True)
         elif section != self.shown:
-            print(line, flush=True)
+            print(self.line(), flush=True)
         self.shown = section
 
 

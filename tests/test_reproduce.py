@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import nbformat
 import pytest
@@ -114,6 +115,28 @@ def test_cli_stops_clearly_on_a_failing_notebook(tmp_path):
                 "-p", "dataset=no-such-dataset")
     assert done.returncode == 1
     assert "FAILED" in done.stdout and "Unknown dataset 'no-such-dataset'" in done.stdout
+
+
+def test_progress_line_keeps_counting_during_a_long_cell_on_a_terminal(capsys):
+    from cropkit.reproduce import CellProgress
+
+    path = numbered_notebooks()[0]
+    progress = CellProgress(path, expected=100.0, refresh_s=0.05)
+    progress.live = True  # as on a terminal
+    with progress:
+        progress(None, 3)
+        time.sleep(0.3)  # one long cell: no further cell starts
+    lines = capsys.readouterr().out.split("\r")
+    assert len(lines) >= 4 and all(f"cell 4/{len(progress.sections)}" in line for line in lines if line)
+    time.sleep(0.1)
+    assert capsys.readouterr().out == ""  # the ticker stops with the notebook
+    injected = CellProgress(path, expected=None, injected=True)  # papermill adds a cell after `parameters`
+    assert len(injected.sections) == len(progress.sections) + 1 == len(nbformat.read(path, 4).cells) + 1
+    quiet = CellProgress(path, expected=None)  # in a log: one line per new section, no ticker
+    with quiet:
+        quiet(None, 0)
+        quiet(None, 0)
+    assert capsys.readouterr().out.count("\n") == 1
 
 
 def test_cli_rejects_bad_arguments():
