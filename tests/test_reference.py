@@ -33,6 +33,13 @@ def test_committed_results_page_and_readme_are_generated_from_the_reference():
     assert not stale, f"out of date: {stale}; run `cropkit report --profile {PROFILE}` and commit the result"
 
 
+def test_the_readme_gives_each_notebooks_time_in_the_run_that_made_the_reference(reference):
+    block = report.readme_block(PROFILE, reference)
+    for path in numbered_notebooks():
+        seconds = nbformat.read(path, as_version=4).metadata["cropkit"]["seconds"]
+        assert f"{path.stem[:2]} {seconds:.0f} s" in block, path.name
+
+
 def test_committed_notebooks_carry_outputs_made_by_the_current_code():
     """The notebooks are committed with the quick profile's outputs (readable without running them); outputs made
     by an older recipe, or before a code cell was edited, are stale: refresh them with `make reference`."""
