@@ -107,6 +107,37 @@ class ImageData(Dataset):
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return replace(self, images=self.images[index], labels=self.labels[index])
 
+    def balanced(self, per_class: int, classes: Sequence[str] | None = None, seed: int = 0) -> ImageData:
+        """Exactly `per_class` random examples of each class (of `classes` only, relabelled 0..k-1 in that order,
+        when given): the training sets of the samples-per-class experiments.
+
+        The examples are chosen in the order of one seeded permutation, so with the same seed a smaller subset is
+        contained in a larger one (a sweep over `per_class` adds examples rather than drawing new ones). A class
+        with fewer than `per_class` examples is refused.
+        """
+        data = self
+        if classes is not None:
+            images, labels, names = _select_classes(self.images, self.labels, self.classes, classes)
+            data = replace(self, name=f"{self.name}[{','.join(classes)}]", images=images, labels=labels, classes=names)
+        counts = torch.bincount(data.labels, minlength=data.num_classes)
+        if per_class < 1 or per_class > int(counts.min()):
+            short = data.classes[int(counts.argmin())]
+            raise ValueError(f"per_class={per_class}: need 1 <= per_class <= {int(counts.min())}, the examples of the "
+                             f"smallest class ({short!r}) in {data.name}/{data.split}; pass a smaller per_class")
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        rank = torch.empty_like(order)  # each example's position among its class's examples, in that order
+        for c in range(data.num_classes):
+            members = order[data.labels[order] == c]
+            rank[members] = torch.arange(len(members))
+        index = order[rank[order] < per_class]
+        return replace(data, name=f"{data.name} ({per_class} per class)", images=data.images[index],
+                       labels=data.labels[index])
+
+    def class_counts(self) -> dict[str, int]:
+        """The number of examples of each class, by class name."""
+        counts = torch.bincount(self.labels, minlength=self.num_classes)
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
     def digest(self) -> str:
         """Short hash of the images, labels and class names, in order: which examples a number was measured on, and
         which data a cached model was trained on (a rewritten file at the same path gets a new digest)."""

@@ -106,7 +106,7 @@ def from_pretrained(name_or_path: str | os.PathLike[str], *, foundation: nn.Modu
     config = PreprocessorConfig(**card["preprocessor"])
     shape = card["input"]
     model = build_autoencoder(config.architecture, shape["channels"], shape["image_size"], config.width,
-                              config.latent_channels, config.seed)
+                              config.latent_channels, config.seed, depth=config.depth)
     load_model(model, str(folder / "model.safetensors"))
     return TrainedPreprocessor(model.requires_grad_(False).eval(), config, card["history"], folder)
 

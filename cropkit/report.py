@@ -21,7 +21,7 @@ import nbformat
 
 from cropkit.checkpoint import atomic_write_bytes
 from cropkit.paths import project_root
-from cropkit.results import RUNS_FILE, compare_records, load_records
+from cropkit.results import RUNS_FILE, compare_records, load_records, pooled
 from cropkit.stats import format_accuracy, mcnemar_sample_size, seed_spread
 
 Record = dict[str, Any]
@@ -122,10 +122,13 @@ def resolution(a: Record, b: Record, which: str = "robust") -> str:
     empty when the comparison is resolved or the two agree on every example."""
     comparison = compare_records(a, b, which)
     discordant = (comparison.only_a + comparison.only_b) / comparison.n
-    if comparison.resolved or comparison.difference == 0:
+    # From the counts: accuracy_a - accuracy_b can exceed `discordant` by a rounding error when every discordant
+    # example goes one way, which `mcnemar_sample_size` refuses.
+    difference = (comparison.only_a - comparison.only_b) / comparison.n
+    if comparison.resolved or difference == 0:
         return ""
-    n = mcnemar_sample_size(comparison.difference, discordant)
-    return (f" At the observed difference ({100 * comparison.difference:+.1f} points, {discordant:.0%} of examples "
+    n = mcnemar_sample_size(difference, discordant)
+    return (f" At the observed difference ({100 * difference:+.1f} points, {discordant:.0%} of examples "
             f"in disagreement) about {n} test images would resolve it with 80% power.")
 
 
@@ -318,6 +321,178 @@ def _audit(records: list[Record]) -> str:
     return table(rows)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The questions the paper leaves open: pre-processor capacity, samples per class, the radius (notebooks 09-11).
+
+def _beats(a: Record, b: Record) -> bool:
+    comparison = compare_records(a, b)
+    return comparison.resolved and comparison.difference > 0
+
+
+COLLAPSED = 0.95  # mean cosine between different images' latents at which the encoder has collapsed (notebook 11)
+NOT_ROBUST = 0.05  # a family whose best robust accuracy has its 95% upper bound below this is not robust at all
+
+
+def saturation(records: Sequence[Record]) -> Record:
+    """Of evaluations on the same examples in order of size, the smallest that no larger one beats on robust accuracy
+    (paired exact McNemar): where robustness stops improving, as far as this evaluation can resolve."""
+    if not records:
+        raise ValueError("saturation needs at least one evaluation")
+    return next(r for i, r in enumerate(records) if not any(_beats(s, r) for s in records[i + 1:]))
+
+
+def _capacity(records: list[Record]) -> str:
+    found = [r for r in evaluations(records, attack="worst case") if "kind" not in r]
+    families: dict[str, list[Record]] = {}
+    for r in found:
+        families.setdefault(r["setup"]["architecture"], []).append(r)
+
+    def name(r: Record) -> str:
+        return f"{r['setup']['architecture']} {r['setup']['size']}"
+
+    def cost(r: Record) -> str:
+        return (f"{100 * r['setup']['parameter_fraction']:.1f}% of the foundation model's parameters, "
+                f"{r['setup']['train_flops']:.3g} training FLOPs")
+
+    rows = []
+    for members in families.values():
+        members.sort(key=lambda r: r["setup"]["parameters"])
+        rows += [{"pre-processor": name(r), "parameters": f"{r['setup']['parameters']:,}",
+                  "of the foundation model": f"{100 * r['setup']['parameter_fraction']:.1f}%",
+                  "epochs": r["setup"]["epochs"], "training FLOPs": f"{r['setup']['train_flops']:.3g}",
+                  "FLOPs / example-epoch": f"{r['setup']['train_flops'] / r['setup']['train_examples']:.3g}",
+                  "clean": accuracy(r, "clean"), r["attack"]: accuracy(r)} for r in members]
+    first = found[0]
+    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g} on "
+             f"{first['n_examples']} test images, SLF heads:", "",
+             table(rows), ""]
+    for architecture, members in families.items():
+        lines += [f"- {claim(b, a, a_name=name(b), b_name=name(a))}." + resolution(b, a)
+                  for a, b in zip(members, members[1:])]
+        if len(members) < 2:
+            continue
+        top, largest = saturation(members), members[-1]
+        best = max(members, key=lambda r: r["robust_accuracy"])
+        if best["robust_interval"][1] < NOT_ROBUST:
+            lines.append(f"- **{architecture}: not robust at any size swept** (best {accuracy(best)}, upper bound below "
+                         f"{NOT_ROBUST:.0%}): a defence the attack breaks on nearly every example is a failure to explain, "
+                         "not a point on the capacity curve; this sweep cannot say where its robustness stops "
+                         "improving.")
+        elif top is largest:
+            lines.append(f"- **{architecture}: robustness still improves at the largest size swept**, {name(top)} "
+                         f"({cost(top)}): every smaller one is beaten by a larger one; a larger size may help further.")
+        else:
+            lines.append(f"- **{architecture}: robustness stops improving at {name(top)}** ({cost(top)}, {accuracy(top)}): "
+                         f"no larger {architecture} pre-processor beats it at n = {top['n_examples']}; the largest "
+                         f"swept, {name(largest)}, costs {largest['setup']['train_flops'] / top['setup']['train_flops']:.1f}x "
+                         f"its training FLOPs ({accuracy(largest)}).")
+    return "\n".join(lines)
+
+
+def _samples_per_class(records: list[Record]) -> str:
+    main = [r for r in evaluations(records, attack="worst case") if "kind" not in r]
+    parts = {(r["model"], r["classes"][0]): r for r in records if r.get("kind") == "per-class"}
+    all_classes = max(r["setup"]["n_classes"] for r in main)
+    first = main[0]
+
+    def name(r: Record) -> str:
+        return r["model"].removesuffix(" · SLF")
+
+    def on_classes(r: Record, classes: Sequence[str]) -> Record:
+        return pooled([parts[r["model"], c] for c in classes])
+
+    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g} on "
+             f"{first['n_examples']} class-balanced test images of all "
+             f"{all_classes} classes; SLF heads fitted on the whole training split, so only the pre-processor's "
+             "training set varies; every arm trained for the same number of optimiser steps:", "",
+             table([{"arm": name(r), "training examples": r["setup"]["train_examples"], "steps": r["setup"]["steps"],
+                     "clean": accuracy(r, "clean"), r["attack"]: accuracy(r)} for r in main]), ""]
+    every = [r for r in main if r["setup"]["n_classes"] == all_classes]
+    for free in (False, True):
+        arms = sorted((r for r in every if r["setup"]["label_free"] == free), key=lambda r: r["setup"]["per_class"])
+        if len(arms) < 2:
+            continue
+        few, many = arms[0], arms[-1]
+        rose = sum(parts[many["model"], c]["robust_accuracy"] > parts[few["model"], c]["robust_accuracy"]
+                   for c in few["setup"]["classes"])
+        fell = sum(parts[many["model"], c]["robust_accuracy"] < parts[few["model"], c]["robust_accuracy"]
+                   for c in few["setup"]["classes"])
+        lines += [f"**Samples per class, every class, {'label-free' if free else 'class-based'} L_con:**", ""]
+        lines += [f"- {claim(b, a, a_name=name(b), b_name=name(a))}." + resolution(b, a) for a, b in zip(arms, arms[1:])]
+        if len(arms) > 2:
+            lines.append(f"- {claim(many, few, a_name=name(many), b_name=name(few))}." + resolution(many, few))
+        lines += [f"- Per class, from {few['setup']['per_class']} to {many['setup']['per_class']} examples per class the "
+                  f"robust accuracy rose for {rose} and fell for {fell} of {all_classes} classes "
+                  f"({parts[few['model'], few['setup']['classes'][0]]['n_examples']} test images each).", ""]
+    fewer = [r for r in main if r["setup"]["n_classes"] < all_classes]
+    if fewer:
+        lines += ["**Fewer classes at a fixed total** (on the classes the smaller arm saw, paired):", ""]
+    for r in fewer:
+        match = [s for s in every if s["setup"]["label_free"] == r["setup"]["label_free"]
+                 and s["setup"]["train_examples"] == r["setup"]["train_examples"]]
+        if not match:
+            lines.append(f"- {name(r)}: no all-classes arm with the same total ({r['setup']['train_examples']} examples) "
+                         "and loss to compare with.")
+            continue
+        seen = r["setup"]["classes"]
+        a, b = on_classes(r, seen), on_classes(match[0], seen)
+        unseen = [c for c in match[0]["setup"]["classes"] if c not in seen]
+        rest = f"; on the {len(unseen)} classes it never saw: {accuracy(on_classes(r, unseen))}" if unseen else ""
+        lines.append(f"- on classes {', '.join(seen)}: {claim(a, b, a_name=name(r), b_name=name(match[0]))}{rest}."
+                     + resolution(a, b))
+    pairs = [(r, s) for r in main for s in main if s["setup"]["label_free"] and not r["setup"]["label_free"]
+             and (s["setup"]["per_class"], s["setup"]["classes"]) == (r["setup"]["per_class"], r["setup"]["classes"])]
+    if pairs:
+        lines += ["", "**Label-free against class-based negatives**, arm by arm:", ""]
+        lines += [f"- {claim(s, r, a_name=name(s), b_name=name(r))}." + resolution(s, r) for r, s in pairs]
+    return "\n".join(lines).strip()
+
+
+def _radius(records: list[Record]) -> str:
+    main = [r for r in evaluations(records, attack="worst case") if "kind" not in r]
+    cell = {(r["setup"]["train_eps"], r["eps"]): r for r in main}
+    trained, tested = sorted({e for e, _ in cell}), sorted({t for _, t in cell})
+    lines = [f"Worst-case accuracy over {', '.join(main[0]['attack_settings']['over'])} (%, 95% interval) on "
+             f"{main[0]['n_examples']} test images, rows "
+             "trained at, columns attacked at:", "",
+             table([{"train eps": f"{e:.3g}", **{f"test {t:.3g}": accuracy(cell[e, t]) for t in tested if (e, t) in cell}}
+                    for e in trained]), ""]
+    for t in (t for t in tested if t in trained):
+        lines += [f"- at test eps {t:.3g}: {claim(cell[t, t], cell[e, t], a_name=f'trained at {t:.3g}', b_name=f'trained at {e:.3g}')}."
+                  + resolution(cell[t, t], cell[e, t]) for e in trained if e != t and (e, t) in cell]
+    rising = [f"{e:.3g}" for e in trained
+              if any(cell[e, a]["robust_accuracy"] < cell[e, b]["robust_accuracy"] for a, b in zip(tested, tested[1:]))]
+    lines.append("- Robust accuracy falls (or stays) as the test radius grows for every model, as it must without "
+                 "gradient masking." if not rising else f"- Robust accuracy *rises* with the test radius for the "
+                 f"model(s) trained at {', '.join(rising)}: check them for gradient masking (notebook 08).")
+    fits = sorted((r for r in records if r.get("kind") == "bound-fit"), key=lambda r: r["eps"])
+    if fits:
+        terms = [r for r in records if r.get("kind") == "bound-terms"]
+        lines += ["", f"The bound at each test radius (kappa fitted across the {len(fits[0]['models'])} models on the "
+                      "floor-free increase of L_con under PGD, 95% bootstrap interval; per model: mean gap adversarial "
+                      "minus clean CE, and increase):", "",
+                  table([{"test eps": f"{f['eps']:.3g}",
+                          "kappa": f"{f['kappa']:.3f} [{f['kappa_interval'][0]:.3f}, {f['kappa_interval'][1]:.3f}]",
+                          **{f"trained at {r['setup']['train_eps']:.3g}: gap / increase":
+                             f"{r['gap']:.2f} / {r['increase (PGD)']:.3f}" for r in terms if r["eps"] == f["eps"]}}
+                         for f in fits]), ""]
+        collapsed = sorted({r["setup"]["train_eps"] for r in terms if r.get("latent similarity", 0) >= COLLAPSED})
+        if collapsed:
+            shown = ", ".join(f"{e:.3g}" for e in collapsed)
+            lines.append(f"- **The latent of the model(s) trained at {shown} has collapsed** (latent similarity >= "
+                         f"{COLLAPSED}: every image maps to about the same direction), so their L_con does not move "
+                         "under attack while their adversarial CE does: no finite kappa bounds them, and the kappa "
+                         "fitted across the models is set by them rather than by the bound's constant.")
+        low, high = fits[0], fits[-1]
+        apart = low["kappa_interval"][1] < high["kappa_interval"][0] or high["kappa_interval"][1] < low["kappa_interval"][0]
+        lines.append(f"- kappa goes from {low['kappa']:.3f} at eps {low['eps']:.3g} to {high['kappa']:.3f} at eps "
+                     f"{high['eps']:.3g}: " + ("a collapsed model sets it, so this is not a reading of the bound's "
+                     "constant." if collapsed else "the intervals do not overlap, so the bound's constant depends on "
+                     "the radius (fit it at the radius it is used at)." if apart else "the intervals overlap, so this "
+                     "run does not show the constant moving with the radius."))
+    return "\n".join(lines)
+
+
 SUMMARIES: dict[str, Callable[[list[Record]], str]] = {
     "00_quickstart": _quickstart,
     "01_theory_bound": _theory_bound,
@@ -328,6 +503,9 @@ SUMMARIES: dict[str, Callable[[list[Record]], str]] = {
     "06_robust_finetuning": _robust_finetuning,
     "07_cost": _cost,
     "08_robustness_audit": _audit,
+    "09_capacity": _capacity,
+    "10_samples_per_class": _samples_per_class,
+    "11_radius": _radius,
 }
 
 

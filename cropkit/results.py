@@ -17,19 +17,22 @@ a run that did not finish `ok` with `run_status`, or drops them with `failed_run
 
 An evaluation record also keeps its 95% intervals and its per-example outcomes (which examples were correct clean
 and under the attack, with a digest of the example set), so that two models evaluated on the same examples are
-compared paired (`compare_records`) and the worst case over attacks is taken per example (`worst_case`).
+compared paired (`compare_records`), the worst case over attacks is taken per example (`worst_case`), and an
+evaluation is cut down to some classes (`restrict_to_classes`, `class_records`) or its parts pooled again (`pooled`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
 import subprocess
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata
@@ -46,6 +49,8 @@ from cropkit.validate import choice, require
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from cropkit.data import ImageData
 
 TRACKED_PACKAGES = ("torch", "torchvision", "transformers", "torchattacks", "numpy")
 RUN_ENV = "CROPKIT_RUN_ID"  # set by `cropkit reproduce` for each notebook it runs
@@ -250,6 +255,52 @@ def compare_records(a: dict[str, Any], b: dict[str, Any], which: str = "robust",
         raise ValueError(f"{a.get('model')!r} and {b.get('model')!r} were evaluated on different examples "
                          f"({a.get('examples')} vs {b.get('examples')}): a paired comparison needs the same ones")
     return compare(a_name or a["model"], outcomes(a, which), b_name or b["model"], outcomes(b, which))
+
+
+def restrict_to_classes(record: dict[str, Any], data: ImageData, classes: Sequence[str]) -> dict[str, Any]:
+    """An evaluation `record` on `data` (the examples it was measured on, in order) cut down to the examples of
+    `classes`: their accuracies, intervals and outcomes, `examples` the digest of that part, `classes` the names.
+    Two models' restrictions to the same classes compare paired (`compare_records`)."""
+    if data.digest() != record.get("examples"):
+        raise ValueError(f"record of {record.get('model')!r} was measured on examples {record.get('examples')}, not on "
+                         f"{data.name}/{data.split} ({data.digest()}): pass the data it was evaluated on")
+    unknown = [c for c in classes if c not in data.classes]
+    if unknown or not classes:
+        raise ValueError(f"classes={list(classes)}: name one or more of {data.classes}")
+    mask = np.isin(data.labels.numpy(), [data.classes.index(c) for c in classes])
+    if not mask.any():
+        raise ValueError(f"no example of {list(classes)} among the {len(mask)} examples of the record")
+    clean, robust = outcomes(record, "clean")[mask], outcomes(record, "robust")[mask]
+    part = torch.from_numpy(mask)
+    examples = replace(data, images=data.images[part], labels=data.labels[part]).digest()
+    return record | {"classes": list(classes), "n_examples": int(mask.sum()), "examples": examples,
+                     **accuracy_fields(clean, "clean"), **accuracy_fields(robust, "robust"),
+                     "outcomes": {"clean": encode_outcomes(clean), "robust": encode_outcomes(robust)}}
+
+
+def class_records(record: dict[str, Any], data: ImageData) -> list[dict[str, Any]]:
+    """`restrict_to_classes` for each class of `data` that has examples: an evaluation's accuracy per class."""
+    present = set(data.labels.tolist())
+    return [restrict_to_classes(record, data, [name]) for c, name in enumerate(data.classes) if c in present]
+
+
+def pooled(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One model's evaluations on disjoint sets of examples (e.g. its `class_records` of several classes) as one record
+    over all of them, outcomes concatenated in the given order: two models pooled over the same parts in the same
+    order compare paired."""
+    if not records:
+        raise ValueError("pooled needs at least one record")
+    first = records[0]
+    if any((r["model"], r["attack"], r["eps"]) != (first["model"], first["attack"], first["eps"]) for r in records):
+        raise ValueError("pooled combines records of one model, one attack and one eps")
+    if len({r["examples"] for r in records}) < len(records):
+        raise ValueError("pooled combines disjoint example sets; two records here share theirs")
+    clean = np.concatenate([outcomes(r, "clean") for r in records])
+    robust = np.concatenate([outcomes(r, "robust") for r in records])
+    digest = hashlib.sha256("+".join(r["examples"] for r in records).encode()).hexdigest()[:16]
+    return first | {"classes": [c for r in records for c in r.get("classes", [])], "n_examples": len(clean),
+                    "examples": digest, **accuracy_fields(clean, "clean"), **accuracy_fields(robust, "robust"),
+                    "outcomes": {"clean": encode_outcomes(clean), "robust": encode_outcomes(robust)}}
 
 
 def worst_case(records: Sequence[dict[str, Any]]) -> dict[str, Any]:

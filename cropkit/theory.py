@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy import stats
-from torch import Tensor
+from torch import Tensor, nn
 
 from cropkit.attacks import pgd
 from cropkit.data import ImageData
@@ -105,6 +105,28 @@ def bound_terms(
         l_con[kind], l_con_clean = contrastive_terms(encoder, images.to(device), negatives, eps, tau=tau, steps=steps,
                                                      seed=seed)
     return BoundTerms(name, clean_ce, adversarial_ce, l_con, l_con_clean)
+
+
+def latent_similarity(preprocessor: nn.Module, images: Tensor, batch_size: int = L_CON_BATCH) -> float:
+    """Mean cosine similarity between the encoder latents (`preprocessor.latent`) of different clean images, within
+    batches of `batch_size`.
+
+    Near 1, the encoder maps every image to nearly the same direction: L_con then sits at its collapse value
+    log(1 + negatives) whatever the input, no attack can raise it, and the bound's right side vanishes while the
+    pipeline's adversarial loss need not (the decoder reads more than the pooled latent)."""
+    device = next(preprocessor.parameters()).device
+    sums, pairs = 0.0, 0
+    with torch.inference_mode():
+        for x in images.split(batch_size):
+            z = F.normalize(preprocessor.latent(x.to(device)).flatten(1).float(), dim=1)
+            n = len(z)
+            if n < 2:
+                continue
+            sums += float((z @ z.T).sum() - n)  # off-diagonal entries only: the diagonal is n ones
+            pairs += n * (n - 1)
+    if pairs == 0:
+        raise ValueError(f"latent_similarity needs batches of at least 2 images, got {len(images)} images")
+    return sums / pairs
 
 
 def _kappa(gaps: np.ndarray, quantities: np.ndarray) -> float:

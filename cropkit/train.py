@@ -32,8 +32,8 @@ from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_train
 from cropkit.losses import L_CON_BATCH, contrastive_loss, contrastive_terms, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import ARCHITECTURES, Architecture, build_autoencoder
 from cropkit.paths import cache_dir
-from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer, non_negative, positive, radius,
-                              require, text)
+from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer, non_negative, optional, positive,
+                              radius, require, text)
 
 PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
@@ -41,6 +41,8 @@ KINDS = ("cropd", "recon", "adv-recon")
 # the history; 3: L_con monitored at the kit's one measuring batch size, with its increase over the clean value;
 # 4: the weights after every epoch are kept (`TrainedPreprocessor.at_epoch`).
 RECIPE_VERSION = 4
+# Fields added after cached pre-processors existed (`PreprocessorConfig.fields`).
+_KEYED_WHEN_SET = ("depth", "per_class")
 MONITOR_SIZE = 512  # held-out test images on which reconstruction and L_con are tracked every epoch
 
 
@@ -57,6 +59,8 @@ class PreprocessorConfig:
     eps: float = 0.1
     tau: float = 0.5
     label_free: bool = False
+    depth: int | None = None  # the ViT auto-encoder's encoder layers (None: its default); conv: None
+    per_class: int | None = None  # train on this many examples of each class (`ImageData.balanced`); None: all
     epochs: int = 8
     batch_size: int = 128
     lr: float = 2e-3
@@ -67,16 +71,26 @@ class PreprocessorConfig:
         check_fields(self, kind=choice(KINDS, "pre-processor kind"), dataset=text,
                      architecture=choice(ARCHITECTURES, "pre-processor architecture"), width=integer(1),
                      latent_channels=integer(1), lam=non_negative, eps=radius, tau=positive, label_free=boolean,
+                     depth=optional(integer(1)), per_class=optional(integer(1)),
                      epochs=integer(1, why=UNTRAINED), batch_size=integer(1), lr=positive, weight_decay=non_negative,
                      seed=integer(0))
         require((self.kind == "cropd") == (self.lam > 0), "PreprocessorConfig.lam", self.lam,
                 f"kind {self.kind!r} with this lam: CRoPD needs lam > 0, the baselines lam = 0",
                 "use PreprocessorConfig.for_lambda(lam), which picks the kind")
+        require(self.depth is None or self.architecture == "vit", "PreprocessorConfig.depth", self.depth,
+                f"a depth (encoder layers) is for the 'vit' auto-encoder, not {self.architecture!r}",
+                "size the conv auto-encoder with width, or leave depth at None")
 
     @classmethod
     def for_lambda(cls, lam: float, **fields: Any) -> PreprocessorConfig:
         """CRoPD at `lam`, or the reconstruction-only auto-encoder when `lam` is 0 (the lambda-ablation axis)."""
         return cls(kind="cropd" if lam > 0 else "recon", lam=lam, **fields)
+
+    def fields(self) -> dict[str, Any]:
+        """The config as the cache key and the training checkpoints see it: every field, except that the fields
+        added after cached pre-processors existed (`_KEYED_WHEN_SET`) appear only when set, so the configs that
+        leave them at None keep their keys, trained models and resumable checkpoints."""
+        return {k: v for k, v in asdict(self).items() if not (k in _KEYED_WHEN_SET and v is None)}
 
     @property
     def name(self) -> str:
@@ -113,10 +127,26 @@ class TrainedPreprocessor:
         return earlier
 
 
+def training_split(config: PreprocessorConfig) -> ImageData:
+    """The examples `config` trains on: the dataset's training split, or its class-balanced subset of
+    `per_class` examples per class drawn with the config's seed."""
+    train = load_dataset(config.dataset, "train")
+    return train if config.per_class is None else train.balanced(config.per_class, seed=config.seed)
+
+
+def epochs_for_steps(steps: int, n_train: int, batch_size: int) -> int:
+    """The fewest epochs over `n_train` examples in batches of `batch_size` that take at least `steps` optimiser
+    steps: training sets of different sizes get the same budget of steps (not of epochs, which would give a smaller
+    set less training)."""
+    for name, value in (("steps", steps), ("n_train", n_train), ("batch_size", batch_size)):
+        require(value >= 1, name, value, "must be at least 1", "pass a positive count")
+    return math.ceil(steps / math.ceil(n_train / batch_size))
+
+
 def preprocessor_dir(config: PreprocessorConfig, train: ImageData | None = None) -> Path:
     """Where the pre-processor of `config` is cached: keyed by the config, the recipe and the training data's digest."""
-    train = load_dataset(config.dataset, "train") if train is None else train
-    key = cache_key(asdict(config), recipe=RECIPE_VERSION, data=train.digest())
+    train = training_split(config) if train is None else train
+    key = cache_key(config.fields(), recipe=RECIPE_VERSION, data=train.digest())
     return cache_dir() / "preprocessors" / f"{config.kind}-{config.dataset}-{key}"
 
 
@@ -181,11 +211,11 @@ def train_preprocessor(
     batch of `config.batch_size`, gradients and history are summed across ranks, rank 0 writes the checkpoints,
     and the result equals one-process training. The cache folder must be shared by the ranks (one file system).
     """
-    train = load_dataset(config.dataset, "train")
+    train = training_split(config)
     out = preprocessor_dir(config, train)
     pixel_mean = float(train.images.float().mean() / 255)
     model = build_autoencoder(config.architecture, train.image_shape[0], train.image_shape[1], config.width,
-                              config.latent_channels, config.seed, pixel_mean)
+                              config.latent_channels, config.seed, pixel_mean, config.depth)
     found = existing_directory(out)
     if found is not None and not force:
         saved = load_weights(model, found)
@@ -227,7 +257,7 @@ def train_preprocessor(
     partial = out.with_name(out.name + ".partial")
     snapshots = out.with_name(out.name + ".epochs")
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
-                                 config=asdict(config), epochs=config.epochs, run_epoch=run_epoch,
+                                 config=config.fields(), epochs=config.epochs, run_epoch=run_epoch,
                                  desc=f"{config.name} on {config.dataset}", progress=progress and distributed.is_main(),
                                  restart=force, snapshots=snapshots)
     model.cpu().requires_grad_(False).eval()

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
 from cropkit.attacks import AttackSpec, pgd
+from cropkit.checkpoint import cache_key
+from cropkit.data import load_dataset
 from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
 from cropkit.models import FoundationModel
 from cropkit.models.autoencoder import ConvAutoEncoder, ViTAutoEncoder, build_autoencoder, parameter_fraction
 from cropkit.protocols import fit_alf, fit_slf
-from cropkit.train import PreprocessorConfig, preprocessor_dir, psnr, train_preprocessor
+from cropkit.train import (RECIPE_VERSION, PreprocessorConfig, epochs_for_steps, preprocessor_dir, psnr,
+                           train_preprocessor, training_split)
 
 TINY_AE = PreprocessorConfig(dataset="digits", width=8, latent_channels=16, epochs=2, batch_size=32, lam=1.0)
 
@@ -179,3 +182,48 @@ def test_alf_refuses_attacks_that_return_clean_inputs_where_they_fail(tiny_pipel
     assert not torch.equal(pgd(1e-4, steps=2).build(tiny_pipeline, n_classes=10, seed=0)(x, y), x)
     with pytest.raises(ValueError, match="perturbed point"):
         fit_alf(tiny_pipeline, mnist[0].take(32), attack, epochs=1, progress=False)
+
+
+def test_vit_autoencoder_depth_sets_its_encoder_layers():
+    shallow, deep = (build_autoencoder("vit", channels=1, image_size=28, width=8, depth=d) for d in (1, 4))
+    assert len(shallow.encoder.layers) == 1 and len(deep.encoder.layers) == 4
+    assert sum(p.numel() for p in deep.parameters()) > sum(p.numel() for p in shallow.parameters())
+    assert len(build_autoencoder("vit", channels=1, image_size=28, width=8).encoder.layers) == 3
+    with pytest.raises(ValueError, match="depth=2"):
+        build_autoencoder("conv", channels=1, image_size=28, depth=2)
+    with pytest.raises(ValueError, match="PreprocessorConfig.depth = 2"):
+        PreprocessorConfig(architecture="conv", depth=2)
+    with pytest.raises(ValueError, match="PreprocessorConfig.per_class = 0"):
+        PreprocessorConfig(per_class=0)
+
+
+def test_configs_without_the_new_fields_keep_their_cache_keys():
+    """`depth` and `per_class` came after trained models were cached: left at None they must not move any key."""
+    def key_before_the_fields(config: PreprocessorConfig) -> str:
+        fields = {k: v for k, v in asdict(config).items() if k not in ("depth", "per_class")}
+        return cache_key(fields, recipe=RECIPE_VERSION, data=load_dataset(config.dataset, "train").digest())
+
+    vit = PreprocessorConfig(dataset="digits", architecture="vit", label_free=True, epochs=2)
+    for config in (PreprocessorConfig(dataset="digits"), vit):
+        assert preprocessor_dir(config).name == f"{config.kind}-digits-{key_before_the_fields(config)}"
+    assert preprocessor_dir(replace(vit, depth=3)) != preprocessor_dir(vit)
+
+
+def test_epochs_for_steps_gives_every_training_set_the_same_step_budget():
+    assert epochs_for_steps(32, 4000, 128) == 1 and epochs_for_steps(64, 4000, 128) == 2
+    assert epochs_for_steps(64, 500, 128) == 16  # 4 batches per epoch
+    assert epochs_for_steps(10, 300, 128) == 4  # 3 batches per epoch: at least the budget
+    with pytest.raises(ValueError, match="steps"):
+        epochs_for_steps(0, 100, 10)
+
+
+def test_per_class_training_uses_the_balanced_subset(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    config = replace(TINY_AE, per_class=6, epochs=1)
+    subset = training_split(config)
+    assert subset.class_counts() == {str(d): 6 for d in range(10)}
+    trained = train_preprocessor(config, progress=False)
+    assert trained.history[0]["examples"] == 60
+    assert trained.path == preprocessor_dir(config) != preprocessor_dir(replace(config, per_class=None))
+    assert torch.equal(training_split(config).images, subset.images)  # drawn with the config's seed
+    assert not torch.equal(training_split(replace(config, seed=1)).images, subset.images)

@@ -103,3 +103,27 @@ def test_tiny_imagenet_folder_layout_loads_offline(tmp_path):
     test = load_dataset("tiny-imagenet", "test", root=tmp_path, download=False)
     assert (len(train), train.image_shape, train.classes) == (6, (3, 64, 64), ["n01", "n02"])
     assert len(test) == 1 and test.labels.tolist() == [1] and test.image_shape == (3, 64, 64)
+
+
+def test_balanced_subsets_are_exact_nested_and_seeded(mnist):
+    train, _ = mnist
+    small, large = train.balanced(5, seed=3), train.balanced(20, seed=3)
+    assert small.class_counts() == {str(d): 5 for d in range(10)} and len(large) == 200
+    rows = {tuple(x.flatten().tolist()) for x in large.images}
+    assert all(tuple(x.flatten().tolist()) in rows for x in small.images)  # the smaller set is inside the larger
+    assert torch.equal(train.balanced(5, seed=3).images, small.images)
+    assert not torch.equal(train.balanced(5, seed=4).images, small.images)
+    assert small.name == "mnist5k (5 per class)" and small.digest() != train.digest()
+
+
+def test_balanced_class_subset_is_relabelled_and_too_many_is_refused(tmp_path):
+    _write_npz(tmp_path / "toy.npz", n=21)  # seven of each of a, b, c
+    data = load_dataset(str(tmp_path / "toy.npz"), "train")
+    two = data.balanced(3, classes=["c", "a"], seed=0)
+    assert two.classes == ["c", "a"] and two.class_counts() == {"c": 3, "a": 3}
+    assert all(bool((data.images == image).all(dim=(1, 2, 3)).logical_and(data.labels == 2).any())
+               for image in two.images[two.labels == 0])  # label 0 is the original class "c"
+    with pytest.raises(ValueError, match="per_class=8"):
+        data.balanced(8)
+    with pytest.raises(ValueError, match="per_class=0"):
+        data.balanced(0)

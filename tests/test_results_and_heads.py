@@ -101,3 +101,54 @@ def test_accuracy_table_pivots_attacks_shows_intervals_and_labels_smaller_sample
     assert list(table.columns) == ["clean", "PGD-10", "PGD-20", "AutoAttack (n=100)"]
     assert table.loc["A", "clean"] == "90.0 [86.0, 93.0]" and table.loc["A", "AutoAttack (n=100)"] == "30.0 [22.0, 40.0]"
     assert table.loc["B", "PGD-10"] == "10.0 [7.0, 14.0]" and table.loc["B"].isna().sum() == 2
+
+
+def _toy_evaluation(data, model, clean, robust):
+    """An evaluation record of `model` on `data` with the given per-example outcomes (robust implies clean)."""
+    import numpy as np
+
+    from cropkit.results import accuracy_fields, encode_outcomes
+
+    clean, robust = np.asarray(clean, bool), np.asarray(robust, bool)
+    return {"model": model, "attack": "PGD-10", "eps": 0.1, "n_examples": len(clean), "examples": data.digest(),
+            **accuracy_fields(clean, "clean"), **accuracy_fields(robust, "robust"),
+            "outcomes": {"clean": encode_outcomes(clean), "robust": encode_outcomes(robust)}}
+
+
+def _toy_data():
+    from cropkit.data import ImageData
+
+    images = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 1, 4, 4).contiguous()
+    return ImageData("toy", "test", images, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), ["a", "b", "c"])
+
+
+def test_an_evaluation_cut_down_to_classes_and_pooled_again_compares_paired():
+    import pytest
+
+    from cropkit.results import class_records, compare_records, pooled, restrict_to_classes
+
+    data = _toy_data()
+    a = _toy_evaluation(data, "A", [1, 1, 1, 1, 1, 1, 1, 0], [1, 0, 1, 1, 0, 0, 1, 0])
+    b = _toy_evaluation(data, "B", [1, 1, 1, 1, 1, 1, 1, 1], [0, 1, 0, 0, 1, 0, 0, 1])
+    per_class = {r["classes"][0]: r for r in class_records(a, data)}
+    assert {c: (r["n_examples"], r["robust_accuracy"]) for c, r in per_class.items()} == {
+        "a": (3, 1.0), "b": (3, 0.0), "c": (2, 0.5)}
+    assert per_class["b"]["clean_accuracy"] == pytest.approx(2 / 3)
+    ab = restrict_to_classes(a, data, ["a", "b"])
+    assert ab["n_examples"] == 6 and ab["robust_accuracy"] == pytest.approx(0.5)
+    assert ab["examples"] == restrict_to_classes(b, data, ["a", "b"])["examples"] != a["examples"]
+    comparison = compare_records(restrict_to_classes(a, data, ["a"]), restrict_to_classes(b, data, ["a"]))
+    assert (comparison.only_a, comparison.only_b) == (3, 0)
+    again = pooled([per_class["a"], per_class["c"]])
+    assert again["n_examples"] == 5 and again["robust_accuracy"] == pytest.approx(4 / 5)
+    assert again["classes"] == ["a", "c"]
+    other = pooled([r for r in class_records(b, data) if r["classes"][0] in ("a", "c")])
+    assert compare_records(again, other).only_a == 4  # the same examples, in the same order
+    with pytest.raises(ValueError, match="examples"):
+        restrict_to_classes(a, data.take(4, seed=0), ["a"])
+    with pytest.raises(ValueError, match="classes"):
+        restrict_to_classes(a, data, ["z"])
+    with pytest.raises(ValueError, match="disjoint"):
+        pooled([per_class["a"], per_class["a"]])
+    with pytest.raises(ValueError, match="one model"):
+        pooled([per_class["a"], class_records(b, data)[1]])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from cropkit.losses import fgsm_rs, linf_ascent
 from cropkit.models.autoencoder import ConvAutoEncoder
 from cropkit.protocols import fit_slf
-from cropkit.theory import BoundTerms, bound_terms, cross_validate, fit_bound, holdout_slack
+from cropkit.theory import BoundTerms, bound_terms, cross_validate, fit_bound, holdout_slack, latent_similarity
 
 
 def terms(name: str, quantity: list[float], ratio: float, clean: float = 0.3, floor: float = 2.0) -> BoundTerms:
@@ -83,3 +84,22 @@ def test_bound_terms_on_a_real_pipeline(tiny_foundation, mnist):
         bound_terms(pipeline, test.take(100), 0.1, name="too few")
     with pytest.raises(ValueError, match="encoder"):
         bound_terms(fit_slf(None, tiny_foundation, train.take(200)), data, 0.1, name="Identity")
+
+
+def test_latent_similarity_is_one_for_a_collapsed_encoder_and_low_for_a_spread_one():
+    """A collapsed latent (every image to one direction) is what makes L_con unattackable: the notebook 11 flag."""
+    class Encoder(nn.Module):
+        def __init__(self, collapsed: bool) -> None:
+            super().__init__()
+            self.collapsed = collapsed
+            self.w = nn.Parameter(torch.randn(16, 8, generator=torch.Generator().manual_seed(0)))
+
+        def latent(self, x: torch.Tensor) -> torch.Tensor:
+            z = x.flatten(1) @ self.w
+            return torch.ones_like(z) + 0 * z if self.collapsed else z
+
+    images = torch.randn(40, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    assert latent_similarity(Encoder(True), images, batch_size=16) == pytest.approx(1.0)
+    assert abs(latent_similarity(Encoder(False), images, batch_size=16)) < 0.2
+    with pytest.raises(ValueError, match="at least 2"):
+        latent_similarity(Encoder(False), images[:1])

@@ -142,19 +142,28 @@ def _start_at_mean(bias: Tensor, pixel_mean: float) -> None:
         bias.fill_(math.log(pixel_mean / (1 - pixel_mean)))
 
 
+VIT_DEPTH = 3  # the `vit` auto-encoder's encoder layers unless a depth is given
+
+
 def build_autoencoder(architecture: Architecture, channels: int, image_size: int | None, width: int = 16,
-                      latent_channels: int = 64, seed: int = 0, pixel_mean: float = 0.5) -> nn.Module:
-    """A pre-processor by name, seeded; `width` sets the conv width or the `vit` hidden size (3 x width); the
-    sizes of `VIT_SIZES` fix their own. The ViTs are built for one `image_size`; the conv one takes any (None)."""
+                      latent_channels: int = 64, seed: int = 0, pixel_mean: float = 0.5,
+                      depth: int | None = None) -> nn.Module:
+    """A pre-processor by name, seeded; `width` sets the conv width or the `vit` hidden size (3 x width), `depth` the
+    `vit` encoder's layers (default `VIT_DEPTH`); the sizes of `VIT_SIZES` fix their own. The ViTs are built for one
+    `image_size`; the conv one takes any (None)."""
     if not 0 < pixel_mean < 1:
         raise ValueError(f"pixel_mean must lie in (0, 1), got {pixel_mean}")
     if architecture != "conv" and image_size is None:
         raise ValueError(f"architecture {architecture!r} is built for one image size: pass image_size")
+    if depth is not None and (architecture != "vit" or depth < 1):
+        raise ValueError(f"depth={depth} with architecture {architecture!r}: only the 'vit' auto-encoder takes a depth "
+                         "(its encoder layers, >= 1); size the conv auto-encoder with width")
     torch.manual_seed(seed)
     if architecture == "conv":
         return ConvAutoEncoder(channels, width, latent_channels, pixel_mean)
     if architecture == "vit":
-        return ViTAutoEncoder(channels, image_size, hidden_size=3 * width, seed=seed, pixel_mean=pixel_mean)
+        return ViTAutoEncoder(channels, image_size, hidden_size=3 * width, num_layers=depth or VIT_DEPTH, seed=seed,
+                              pixel_mean=pixel_mean)
     if architecture in VIT_SIZES:
         size = VIT_SIZES[architecture]
         return ViTAutoEncoder(channels, image_size, grid_patch_size(image_size), size.hidden_size, size.num_layers,
@@ -165,11 +174,11 @@ def build_autoencoder(architecture: Architecture, channels: int, image_size: int
 
 
 def autoencoder_parameters(architecture: Architecture, channels: int, image_size: int | None, width: int = 16,
-                           latent_channels: int = 64) -> int:
+                           latent_channels: int = 64, depth: int | None = None) -> int:
     """The parameter count of `build_autoencoder(...)`, built on the meta device (no memory, no time; the global
     random state is left as it was)."""
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = build_autoencoder(architecture, channels, image_size, width, latent_channels)
+        model = build_autoencoder(architecture, channels, image_size, width, latent_channels, depth=depth)
     return sum(p.numel() for p in model.parameters())
 
 
