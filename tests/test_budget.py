@@ -20,7 +20,7 @@ from cropkit.train import PreprocessorConfig, preprocessor_dir
 PAPER_RUNS = ["00_quickstart", "01_theory_bound"] + [
     f"02_main_results:{d}" for d in ("cifar10", "cifar100", "svhn", "cifar2", "imagenette", "tiny-imagenet")] + [
     "03_lambda_ablation", "04_cross_dataset_transfer", "05_acl_rcs_air", "06_robust_finetuning", "07_cost",
-    "08_robustness_audit"]
+    "08_robustness_audit", "09_capacity", "10_samples_per_class", "11_radius"]
 # The quick profile's estimate on this machine (FLOPs over the FLOP/s `calibrate` measures here, plus the fixed
 # cost of each run) must lie within this factor of the measured wall-clock, either way.
 QUICK_FACTOR = 3.0

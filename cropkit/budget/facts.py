@@ -178,9 +178,9 @@ def foundation_network(spec: str, image_size: int, channels: int, pooling: str =
 
 @cache
 def autoencoder_network(architecture: str, channels: int, image_size: int, width: int = 16,
-                        latent_channels: int = 64) -> Network:
+                        latent_channels: int = 64, depth: int | None = None) -> Network:
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        model = build_autoencoder(architecture, channels, image_size, width, latent_channels)
+        model = build_autoencoder(architecture, channels, image_size, width, latent_channels, depth=depth)
         example = torch.empty(1, channels, image_size, image_size)
         flops, activations = _count(model, example)
         encoder, _ = _count(model, example, model.latent)

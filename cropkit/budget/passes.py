@@ -158,12 +158,12 @@ def preprocessor_passes(kind: str, encoder_share: float) -> float:
 
 @_persistent
 def measured_preprocessor_passes(kind: str, architecture: str, channels: int, image_size: int, width: int,
-                                 latent_channels: int) -> float:
+                                 latent_channels: int, depth: int | None = None) -> float:
     """`preprocessor_loss` and its backward on 2 images of the real auto-encoder, counted, over one forward."""
     with torch.random.fork_rng(devices=[]):
-        model = build_autoencoder(architecture, channels, image_size, width, latent_channels)
+        model = build_autoencoder(architecture, channels, image_size, width, latent_channels, depth=depth)
     config = PreprocessorConfig(kind=kind, lam=1.0 if kind == "cropd" else 0.0, architecture=architecture,
-                                width=width, latent_channels=latent_channels, eps=8 / 255)
+                                width=width, latent_channels=latent_channels, depth=depth, eps=8 / 255)
     x, y = torch.rand(2, channels, image_size, image_size), torch.arange(2)
     with torch.no_grad():
         forward = count_flops(lambda: model(x))

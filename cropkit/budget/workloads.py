@@ -20,7 +20,7 @@ from cropkit.budget.passes import (SURVIVING, acl_passes, attack_passes, finetun
 from cropkit.finetune import FinetuneConfig
 from cropkit.heads import WEIGHT_DECAYS
 from cropkit.models.autoencoder import VIT_SIZES
-from cropkit.train import MONITOR_SIZE, PreprocessorConfig
+from cropkit.train import MONITOR_SIZE, PreprocessorConfig, epochs_for_steps
 
 # L-BFGS evaluations per head fit (measured: 955 for the six fits of the MNIST-5k pixel probe, about 160 each;
 # convergence varies with the data).
@@ -103,12 +103,14 @@ class Workload:
     def preprocessor(self, config: Any) -> Network:
         """Train `config` (a `PreprocessorConfig`) as `train_preprocessor` does; return its network."""
         d = self.data(config.dataset)
-        ae = autoencoder_network(config.architecture, d.channels, d.image_size, config.width, config.latent_channels)
+        ae = autoencoder_network(config.architecture, d.channels, d.image_size, config.width, config.latent_channels,
+                                 config.depth)
         # The sized ViTs always see 8 x 8 patches: their pass counts at 32x32 are those at any resolution.
         size = 32 if config.architecture in VIT_SIZES else d.image_size
         measured = self.measured(measured_preprocessor_passes, config.kind, config.architecture, d.channels, size,
-                                 config.width, config.latent_channels)
-        self.add(f"train {config.name} ({config.architecture})", "train", ae, config.epochs * d.train,
+                                 config.width, config.latent_channels, config.depth)
+        train = d.train if config.per_class is None else min(config.per_class * d.classes, d.train)
+        self.add(f"train {config.name} ({config.architecture})", "train", ae, config.epochs * train,
                  preprocessor_passes(config.kind, ae.encoder_share), "bf16", config.batch_size,
                  trained=ae.parameters, measured=measured, key=config)
         self.add(f"monitor {config.name}", "train", ae, config.epochs * min(MONITOR_SIZE, d.test),
@@ -354,5 +356,55 @@ def nb08(w: Workload) -> None:
         w.evaluate(stack, n, [pgd(eps, 20)], d.classes, role)
 
 
+def nb09(w: Workload) -> None:
+    p, d = w.p, w.data(w.p["dataset"])
+    fm, n = w.foundation(p["dataset"]), w.n("n_eval", p["dataset"])
+    common = dict(kind="cropd", lam=p["lam"], dataset=p["dataset"], eps=p["eps"], seed=p["seed"])
+    configs = [PreprocessorConfig(architecture="conv", width=width, epochs=p["ae_epochs"], **common)
+               for width in p["conv_widths"]]
+    configs += [PreprocessorConfig(architecture="vit", width=p["vit_width"], depth=depth, epochs=p["vit_epochs"],
+                                   **common) for depth in p["vit_depths"]]
+    for config in configs:
+        ae = w.preprocessor(config)
+        w.slf(ae + fm, p["dataset"])
+        w.evaluate(ae + fm, n, [pgd(p["eps"], 10), strong(p)], d.classes, "defended")
+
+
+def nb10(w: Workload) -> None:
+    p, d = w.p, w.data(w.p["dataset"])
+    fm = w.foundation(p["dataset"])
+    batch = PreprocessorConfig().batch_size
+    steps = p["ae_epochs"] * math.ceil(d.train / batch)
+    arms = [(p["dataset"], n, d.classes) for n in p["per_class"]]
+    arms += [(f"{p['dataset']}[{','.join(str(c) for c in range(k))}]", p["fixed_total"] // k, k)
+             for k in p["class_counts"]]
+    n = min(p["n_eval_per_class"] * d.classes, d.test)
+    for name, per_class, classes in arms:
+        size = d.train if per_class is None else min(per_class * classes, d.train)
+        for free in [False, True] if p["label_free"] else [False]:
+            config = PreprocessorConfig(kind="cropd", lam=p["lam"], dataset=name, eps=p["eps"], per_class=per_class,
+                                        label_free=free, epochs=epochs_for_steps(steps, size, batch), seed=p["seed"])
+            ae = w.preprocessor(config)
+            w.slf(ae + fm, p["dataset"])
+            w.evaluate(ae + fm, n, [pgd(p["eps"], 10), strong(p)], d.classes, "defended")
+
+
+def nb11(w: Workload) -> None:
+    p, d = w.p, w.data(w.p["dataset"])
+    fm, n = w.foundation(p["dataset"]), w.n("n_eval", p["dataset"])
+    for train_eps in p["train_eps"]:
+        ae = w.preprocessor(PreprocessorConfig(kind="cropd", lam=p["lam"], dataset=p["dataset"], eps=train_eps,
+                                               epochs=p["ae_epochs"], seed=p["seed"]))
+        w.slf(ae + fm, p["dataset"])
+        w.add("latent similarity", "eval", ae, n, ae.encoder_share, "fp32", 128, backward=False)
+        for test_eps in p["test_eps"]:
+            w.evaluate(ae + fm, n, [pgd(test_eps, 10), strong(p | {"eps": test_eps})], d.classes, "defended")
+            w.add(f"bound: CE PGD-{p['ce_steps']} x{p['restarts']}", "eval", ae + fm, n,
+                  1 + p["restarts"] * (2 * p["ce_steps"] + 1), "fp32", 128)
+            w.add(f"bound: L_con FGSM and PGD-{p['con_steps']}", "eval", ae, n,
+                  ae.encoder_share * (1 + 3 + 2 * p["con_steps"] + 2), "fp32", 128)
+
+
 WORKLOADS: dict[str, Callable[[Workload], None]] = {
-    "00": nb00, "01": nb01, "02": nb02, "03": nb03, "04": nb04, "05": nb05, "06": nb06, "07": nb07, "08": nb08}
+    "00": nb00, "01": nb01, "02": nb02, "03": nb03, "04": nb04, "05": nb05, "06": nb06, "07": nb07, "08": nb08,
+    "09": nb09, "10": nb10, "11": nb11}
