@@ -89,11 +89,14 @@ class ConvAutoEncoder(nn.Module):
         return self.decoder(self.encode(x))
 
 
+VIT_DEPTH = 3  # the `vit` auto-encoder's encoder layers unless a depth is given
+
+
 class ViTAutoEncoder(nn.Module):
     """ViT-MAE encoder (every patch kept, fixed order) and ViT-MAE decoder predicting every patch's pixels."""
 
     def __init__(self, channels: int = 1, image_size: int = 28, patch_size: int = 4, hidden_size: int = 96,
-                 num_layers: int = 3, decoder_hidden_size: int = 64, decoder_layers: int = 2, seed: int = 0,
+                 num_layers: int = VIT_DEPTH, decoder_hidden_size: int = 64, decoder_layers: int = 2, seed: int = 0,
                  pixel_mean: float = 0.5, num_heads: int | None = None, decoder_heads: int | None = None) -> None:
         super().__init__()
         from cropkit.pretrain import MAEConfig, build_mae  # the same repaired ViT-MAE construction
@@ -140,9 +143,6 @@ def _start_at_mean(bias: Tensor, pixel_mean: float) -> None:
     """
     with torch.no_grad():  # initialisation, not a forward pass
         bias.fill_(math.log(pixel_mean / (1 - pixel_mean)))
-
-
-VIT_DEPTH = 3  # the `vit` auto-encoder's encoder layers unless a depth is given
 
 
 def build_autoencoder(architecture: Architecture, channels: int, image_size: int | None, width: int = 16,
