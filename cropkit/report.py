@@ -63,8 +63,9 @@ def claim(a: Record, b: Record, which: str = "robust", *, a_name: str | None = N
           b_name: str | None = None, what: str | None = None) -> str:
     """A paired comparison of two records as one sentence ('A beats B ...' or '... not resolved at n = ...')."""
     comparison = compare_records(a, b, which, a_name=a_name, b_name=b_name)
-    label = what or (f"{a['attack']} accuracy" if which == "robust" and a.get("attack") == b.get("attack") else
-                     "robust accuracy" if which == "robust" else "clean accuracy")
+    same_attack = which == "robust" and a.get("attack") == b.get("attack")
+    label = what or ("clean accuracy" if which == "clean" else "robust accuracy" if not same_attack else
+                     "worst-case accuracy" if a["attack"] == "worst case" else f"{a['attack']} accuracy")
     return comparison.statement(label)
 
 
@@ -343,9 +344,11 @@ def saturation(records: Sequence[Record]) -> Record:
 
 def _capacity(records: list[Record]) -> str:
     found = [r for r in evaluations(records, attack="worst case") if "kind" not in r]
+    identity = next((r for r in found if r["setup"]["architecture"] == "none"), None)  # no pre-processor: the floor
     families: dict[str, list[Record]] = {}
     for r in found:
-        families.setdefault(r["setup"]["architecture"], []).append(r)
+        if r is not identity:
+            families.setdefault(r["setup"]["architecture"], []).append(r)
 
     def name(r: Record) -> str:
         return f"{r['setup']['architecture']} {r['setup']['size']}"
@@ -362,6 +365,9 @@ def _capacity(records: list[Record]) -> str:
                   "epochs": r["setup"]["epochs"], "training FLOPs": f"{r['setup']['train_flops']:.3g}",
                   "FLOPs / example-epoch": f"{r['setup']['train_flops'] / r['setup']['train_examples']:.3g}",
                   "clean": accuracy(r, "clean"), r["attack"]: accuracy(r)} for r in members]
+    if identity is not None:
+        rows.append({"pre-processor": "none (Identity)", "parameters": "0", "of the foundation model": "0.0%",
+                     "clean": accuracy(identity, "clean"), identity["attack"]: accuracy(identity)})
     first = found[0]
     lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g} on "
              f"{first['n_examples']} test images, SLF heads:", "",
@@ -369,10 +375,13 @@ def _capacity(records: list[Record]) -> str:
     for architecture, members in families.items():
         lines += [f"- {claim(b, a, a_name=name(b), b_name=name(a))}." + resolution(b, a)
                   for a, b in zip(members, members[1:])]
+        best = max(members, key=lambda r: r["robust_accuracy"])
+        if identity is not None:
+            against = claim(best, identity, a_name=f"{name(best)} (its most robust)", b_name="no pre-processor")
+            lines.append(f"- {against}." + resolution(best, identity))
         if len(members) < 2:
             continue
         top, largest = saturation(members), members[-1]
-        best = max(members, key=lambda r: r["robust_accuracy"])
         if best["robust_interval"][1] < NOT_ROBUST:
             lines.append(f"- **{architecture}: not robust at any size swept** (best {accuracy(best)}, upper bound below "
                          f"{NOT_ROBUST:.0%}): a defence the attack breaks on nearly every example is a failure to explain, "

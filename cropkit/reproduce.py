@@ -277,7 +277,8 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
             with _environment({RUN_ENV: run_id, "CROPKIT_PROGRESS": "summary"}), \
                     CellProgress(path, expected, injected=bool(run.parameters)) as progress:
                 papermill.execute_notebook(str(path), str(output), parameters=run.parameters, kernel_name=kernel,
-                                           cwd=str(notebooks_dir()), progress_bar=False, on_cell_start=progress)
+                                           cwd=str(notebooks_dir()), progress_bar=False, on_cell_start=progress,
+                                           kernel_manager_class=encrypted_kernel_manager())
             status = "ok"
         except papermill.PapermillExecutionError as failure:
             error = f"cell {failure.exec_count}: {failure.ename}: {failure.evalue}"
@@ -298,6 +299,24 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
             break
         print(("\r" if sys.stdout.isatty() else "") + f"      ok in {seconds:.0f}s -> {output}".ljust(110), flush=True)
     return finished
+
+
+def encrypted_kernel_manager() -> type:
+    """A kernel manager that provisions CurveZMQ keys for each kernel it starts, so the kernel's sockets are
+    encrypted (and ipykernel does not warn, once per notebook, that it runs over TCP in plain text); the plain one
+    where this libzmq lacks CurveZMQ."""
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
+
+    if not zmq.has("curve"):
+        return AsyncKernelManager
+
+    class EncryptedKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.curve_publickey, self.curve_secretkey = zmq.curve_keypair()
+
+    return EncryptedKernelManager
 
 
 @contextlib.contextmanager

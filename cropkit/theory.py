@@ -16,28 +16,42 @@ of several restarts, never below the clean loss: the clean image is in the ball)
 L_con under FGSM-RS (the training attack) and PGD, with the clean L_con. `fit_bound` gives kappa for a family
 (the smallest with mean gap <= kappa x mean quantity for every model), a paired bootstrap interval over examples,
 the least-squares slope through the origin and the rank correlation of gap and quantity.
+
+Measured terms are cached like attack outcomes (`terms_dir()`), keyed by the pipeline's weights, the examples'
+content, every setting that decides them and `THEORY_RECIPE_VERSION`: notebooks 01 and 11 re-measure the same
+cached models on the same images run after run. `cache=False` always measures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from scipy import stats
 from torch import Tensor, nn
 
 from cropkit.attacks import pgd
+from cropkit.checkpoint import atomic_write_bytes, cache_key, module_digest, reading
 from cropkit.data import ImageData
 from cropkit.losses import L_CON_BATCH, contrastive_terms
 from cropkit.models import Pipeline
+from cropkit.paths import cache_dir
+from cropkit.precision import describe
 
 LConAttack = Literal["fgsm", "pgd"]
 Quantity = Literal["increase", "l_con"]
+
+# Bump when a change to how the terms are measured alters them for the same model, examples and settings (it keys
+# the cache of measured terms).
+THEORY_RECIPE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -76,17 +90,30 @@ def _per_example_ce(pipeline: Pipeline, x: Tensor, y: Tensor) -> Tensor:
 def bound_terms(
     pipeline: Pipeline, data: ImageData, eps: float, *, name: str, tau: float = 0.5, label_negatives: bool = True,
     ce_steps: int = 20, restarts: int = 3, con_steps: int = 10, batch_size: int = 128, seed: int = 0,
+    cache: bool = True,
 ) -> BoundTerms:
     """Measure the bound's terms for `pipeline` on `data` (held-out images, at least `L_CON_BATCH`) at radius `eps`.
 
     L_con is measured by `contrastive_terms` in fixed batches of `L_CON_BATCH` (the same batches for every model
     with the same `seed`); `label_negatives` matches the pre-processor's training (other-class negatives) or its
-    label-free option. `batch_size` only batches the cross-entropy attack.
+    label-free option. `batch_size` only batches the cross-entropy attack. Cached unless `cache=False` (module
+    docstring).
     """
     if not hasattr(pipeline.preprocessor, "latent"):
         raise ValueError(f"{name}: the bound needs a pre-processor with an encoder (`latent`); Identity has none")
     device = next(pipeline.parameters()).device
     pipeline.eval()
+    settings = {"eps": eps, "tau": tau, "label_negatives": label_negatives, "ce_steps": ce_steps,
+                "restarts": restarts, "con_steps": con_steps, "batch_size": batch_size, "seed": seed,
+                "precision": describe(device)}
+    path = terms_path(module_digest(pipeline), data, settings) if cache else None
+    if path is not None and path.is_file():
+        with reading(path, f"delete it (the terms are measured again): rm {path}"):
+            saved = load_tensors(path.read_bytes())
+            if any(len(t) != len(data) for t in saved.values()):
+                raise ValueError(f"terms for {min(len(t) for t in saved.values())} examples, not {len(data)}")
+        return BoundTerms(name, saved["clean_ce"], saved["adversarial_ce"],
+                          {"fgsm": saved["l_con_fgsm"], "pgd": saved["l_con_pgd"]}, saved["l_con_clean"])
     images, labels = data.tensors()
     attack = pgd(eps, ce_steps).build(pipeline, n_classes=data.num_classes, seed=seed)
     clean_ce, adversarial_ce = torch.empty(len(labels)), torch.empty(len(labels))
@@ -104,7 +131,23 @@ def bound_terms(
     for kind, steps in (("fgsm", 1), ("pgd", con_steps)):
         l_con[kind], l_con_clean = contrastive_terms(encoder, images.to(device), negatives, eps, tau=tau, steps=steps,
                                                      seed=seed)
-    return BoundTerms(name, clean_ce, adversarial_ce, l_con, l_con_clean)
+    terms = BoundTerms(name, clean_ce, adversarial_ce, {kind: t.cpu() for kind, t in l_con.items()}, l_con_clean.cpu())
+    if path is not None:
+        atomic_write_bytes(path, save_tensors({
+            "clean_ce": terms.clean_ce, "adversarial_ce": terms.adversarial_ce, "l_con_fgsm": terms.l_con["fgsm"],
+            "l_con_pgd": terms.l_con["pgd"], "l_con_clean": terms.l_con_clean}))
+    return terms
+
+
+def terms_dir() -> Path:
+    """The folder of cached bound terms (module docstring)."""
+    return cache_dir() / "bound-terms"
+
+
+def terms_path(model_digest: str, data: ImageData, settings: dict[str, Any]) -> Path:
+    """Where the bound terms of the model with weights `model_digest` on `data` under `settings` are cached."""
+    key = cache_key({"model": model_digest, **settings}, recipe=THEORY_RECIPE_VERSION, data=data.digest())
+    return terms_dir() / f"{data.name}-{key}.safetensors"
 
 
 def latent_similarity(preprocessor: nn.Module, images: Tensor, batch_size: int = L_CON_BATCH) -> float:

@@ -7,7 +7,11 @@ lambda 1, eps 0.1 on MNIST-5k (cached like the notebooks' models), each with its
 foundation model, on `--n` test images: robust accuracy under PGD-10 through the whole pipeline (Wilson interval);
 how much of the attack's perturbation each auto-encoder passes on (L2 norm of the change of its output over that
 of its input); how far the attack moves the pooled latent that L_con constrains (cosine between clean and attacked
-latents); and how alike different images' latents are (`cropkit.theory.latent_similarity`).
+latents); how far it moves the pooled latent and the unpooled encoder output the decoder reads (the conv map's
+positions, the ViT's patch tokens), each relative to how far apart different images are there (`shift`: mean
+distance clean-attacked over mean distance to the batch mean, per position; a ViT token's position embedding
+cancels in both); the same shift of the foundation model's pooled features, which the head reads; and how alike
+different images' latents are (`cropkit.theory.latent_similarity`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,20 @@ from cropkit.theory import latent_similarity
 from cropkit.train import PreprocessorConfig, psnr, train_preprocessor
 
 EPS = 0.1
+
+
+def positions(ae: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The encoder output the decoder reads, one vector per position: (batch, positions, channels)."""
+    encoded = ae.encode(x)
+    return encoded.flatten(2).transpose(1, 2) if encoded.dim() == 4 else encoded[:, 1:]
+
+
+def shift(clean: torch.Tensor, attacked: torch.Tensor) -> float:
+    """How far the attack moves each position's vector, relative to how far apart different images' vectors are
+    there: mean ||attacked - clean|| over mean ||clean - batch mean||, averaged over positions."""
+    moved = (attacked - clean).norm(dim=-1).mean(dim=0)
+    spread = (clean - clean.mean(dim=0, keepdim=True)).norm(dim=-1).mean(dim=0)
+    return float((moved / spread).mean())
 
 
 def main() -> None:
@@ -53,14 +71,21 @@ def main() -> None:
                 out, out_adv = ae(x), ae(x_adv)
                 gain = float((out_adv - out).flatten(1).norm(dim=1).mean() / (x_adv - x).flatten(1).norm(dim=1).mean())
                 moved = float(F.cosine_similarity(ae.latent(x), ae.latent(x_adv)).mean())
+                latent_shift = shift(ae.latent(x)[:, None], ae.latent(x_adv)[:, None])
+                token_shift = shift(positions(ae, x), positions(ae, x_adv))
+                feature_shift = shift(pipeline.features(x)[:, None], pipeline.features(x_adv)[:, None])
             rows.append({"architecture": architecture, "epochs": epochs, "n": len(y), "robust_pgd10": robust / len(y),
                          "robust_interval": wilson_interval(robust, len(y)), "perturbation_gain": gain,
-                         "latent_cosine_clean_vs_attacked": moved, "latent_similarity": latent_similarity(ae, x),
+                         "latent_cosine_clean_vs_attacked": moved, "latent_shift": latent_shift,
+                         "token_shift": token_shift, "feature_shift": feature_shift,
+                         "latent_similarity": latent_similarity(ae, x),
                          "test_psnr": psnr(ae, x), "parameters": sum(p.numel() for p in ae.parameters())})
             r = rows[-1]
             print(f"{architecture} {epochs} ep: PGD-10 {format_accuracy(robust / len(y), r['robust_interval'])} | "
                   f"output/input perturbation {gain:.2f} | latent cos clean-attacked {moved:.3f} | "
-                  f"latent similarity {r['latent_similarity']:.3f} | PSNR {r['test_psnr']:.1f} dB")
+                  f"shift pooled {latent_shift:.3f}, per position {token_shift:.3f}, "
+                  f"features {feature_shift:.3f} | latent similarity {r['latent_similarity']:.3f} | "
+                  f"PSNR {r['test_psnr']:.1f} dB")
     args.out.write_text(json.dumps({"eps": EPS, "rows": rows, "provenance": provenance(torch.device("cpu"))},
                                    indent=1) + "\n")
 

@@ -18,13 +18,14 @@ TINY = MAEConfig(patch_size=7, hidden_size=32, num_layers=1, num_heads=2, decode
 
 
 @pytest.fixture(autouse=True)
-def no_cached_attack_outcomes(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Every unit test starts without cached attack outcomes, so each `evaluate` in it attacks (and none writes
-    into the user's cache)."""
-    from cropkit import evaluate
+def no_cached_measurements(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every unit test starts without cached attack outcomes or bound terms, so each `evaluate` and `bound_terms`
+    in it measures (and none writes into the user's cache)."""
+    from cropkit import evaluate, theory
 
-    folder = tmp_path_factory.mktemp("evaluations")
-    monkeypatch.setattr(evaluate, "outcomes_dir", lambda: folder)
+    outcomes, terms = tmp_path_factory.mktemp("evaluations"), tmp_path_factory.mktemp("bound-terms")
+    monkeypatch.setattr(evaluate, "outcomes_dir", lambda: outcomes)
+    monkeypatch.setattr(theory, "terms_dir", lambda: terms)
 
 
 @pytest.fixture(scope="session")

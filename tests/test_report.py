@@ -37,13 +37,21 @@ def test_saturation_is_the_smallest_size_no_larger_one_beats():
         report.saturation([])
 
 
+def unprocessed(robust: int) -> dict:
+    """Notebook 09's floor: the foundation model and head with no pre-processor."""
+    return evaluation("Identity · SLF", robust, setup={"architecture": "none", "size": "none", "parameters": 0,
+                                                      "parameter_fraction": 0.0})
+
+
 def test_capacity_summary_names_where_robustness_stops_and_its_cost():
     text = report.summary("09_capacity", [sized(4, 10), sized(8, 40), sized(16, 44), sized(1, 20, "vit"),
-                                          sized(2, 50, "vit")])
+                                          sized(2, 50, "vit"), unprocessed(2)])
+    assert "conv width 16 (its most robust) beats no pre-processor on worst-case accuracy" in text
+    assert "| none (Identity) | 0 | 0.0% |" in text and "none none" not in text  # a floor, not a family
     assert "conv: robustness stops improving at conv width 8** (8.0% of the foundation model's parameters" in text
     assert "costs 2.0x its training FLOPs" in text
     assert "vit: robustness still improves at the largest size swept" in text
-    assert "conv width 8 beats conv width 4" in text and "conv width 16 vs conv width 8" in text
+    assert "conv width 8 beats conv width 4 on worst-case accuracy" in text and "conv width 16 vs conv width 8" in text
 
 
 def test_capacity_summary_says_when_no_size_of_a_family_is_robust():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cropkit.losses import fgsm_rs, linf_ascent
+from cropkit.losses import contrastive_terms, fgsm_rs, linf_ascent
 from cropkit.models.autoencoder import ConvAutoEncoder
 from cropkit.protocols import fit_slf
 from cropkit.theory import BoundTerms, bound_terms, cross_validate, fit_bound, holdout_slack, latent_similarity
@@ -84,6 +84,38 @@ def test_bound_terms_on_a_real_pipeline(tiny_foundation, mnist):
         bound_terms(pipeline, test.take(100), 0.1, name="too few")
     with pytest.raises(ValueError, match="encoder"):
         bound_terms(fit_slf(None, tiny_foundation, train.take(200)), data, 0.1, name="Identity")
+
+
+def test_bound_terms_are_cached_by_weights_examples_and_settings(tiny_foundation, mnist, monkeypatch):
+    """A second measurement of the same model on the same images replays the cached terms without attacking; other
+    weights, other settings or `cache=False` measure again, and a damaged cache file is named, not decoded."""
+    from cropkit import theory
+    from cropkit.validate import CorruptFileError
+
+    train, test = mnist
+    torch.manual_seed(0)
+    pipeline = fit_slf(ConvAutoEncoder(1, 8, 16).eval(), tiny_foundation, train.take(500))
+    data = test.take(128)
+    settings = dict(name="AE", ce_steps=2, restarts=1, con_steps=2, batch_size=128)
+    measured = bound_terms(pipeline, data, 0.1, **settings)
+    assert len(list(theory.terms_dir().iterdir())) == 1
+    calls = []
+    monkeypatch.setattr(theory, "contrastive_terms", lambda *a, **k: calls.append(1) or contrastive_terms(*a, **k))
+    replayed = bound_terms(pipeline, data, 0.1, **settings)
+    assert calls == [] and replayed.name == "AE"
+    for a, b in zip((measured.clean_ce, measured.adversarial_ce, measured.l_con_clean, *measured.l_con.values()),
+                    (replayed.clean_ce, replayed.adversarial_ce, replayed.l_con_clean, *replayed.l_con.values())):
+        assert torch.equal(a, b)
+    bound_terms(pipeline, data, 0.1, **settings, cache=False)
+    bound_terms(pipeline, data, 0.05, **settings)
+    with torch.no_grad():
+        next(pipeline.head.parameters()).add_(1.0)
+    bound_terms(pipeline, data, 0.1, **settings)
+    assert len(calls) == 3 * 2 and len(list(theory.terms_dir().iterdir())) == 3  # FGSM and PGD per measurement
+    for path in theory.terms_dir().iterdir():
+        path.write_bytes(b"not safetensors")
+    with pytest.raises(CorruptFileError, match="rm "):
+        bound_terms(pipeline, data, 0.1, **settings)
 
 
 def test_latent_similarity_is_one_for_a_collapsed_encoder_and_low_for_a_spread_one():

@@ -368,6 +368,8 @@ def nb09(w: Workload) -> None:
         ae = w.preprocessor(config)
         w.slf(ae + fm, p["dataset"])
         w.evaluate(ae + fm, n, [pgd(p["eps"], 10), strong(p)], d.classes, "defended")
+    w.slf(fm, p["dataset"])  # the floor: no pre-processor
+    w.evaluate(fm, n, [pgd(p["eps"], 10), strong(p)], d.classes, "identity")
 
 
 def nb10(w: Workload) -> None:
