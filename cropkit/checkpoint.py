@@ -217,3 +217,9 @@ def cache_key(fields: dict[str, Any], *, recipe: int, data: str) -> str:
     when a change alters what the same config produces) and the digest of its training data's content (a
     rewritten dataset file at the same path gets a new key), so no cache entry outlives what made it."""
     return config_key(fields | {"recipe": recipe, "data": data})
+
+
+def measurement_path(folder: Path, data: Any, fields: dict[str, Any], *, recipe: int, suffix: str) -> Path:
+    """Where a measurement on `data` (an `ImageData`: its name and content digest) that `fields` decide is cached
+    in `folder` (attack outcomes, bound terms)."""
+    return folder / f"{data.name}-{cache_key(fields, recipe=recipe, data=data.digest())}{suffix}"

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from cropkit import distributed, precision
 from cropkit.attacks import IMPLEMENTATION, AttackSpec
-from cropkit.checkpoint import cache_key, module_digest, read_json, reading, write_json
+from cropkit.checkpoint import measurement_path, module_digest, read_json, reading, write_json
 from cropkit.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.data import ImageData
 from cropkit.paths import cache_dir
@@ -171,7 +171,7 @@ def outcomes_path(model_digest: str, data: ImageData, spec: AttackSpec, **contex
     `context` holds what else decides them (seed, batch size, precision, compile backend)."""
     fields = {"model": model_digest, "attack": spec.settings(data.num_classes), "restarts": spec.restarts,
               "implementation": IMPLEMENTATION, **context}
-    return outcomes_dir() / f"{data.name}-{cache_key(fields, recipe=EVAL_RECIPE_VERSION, data=data.digest())}.json"
+    return measurement_path(outcomes_dir(), data, fields, recipe=EVAL_RECIPE_VERSION, suffix=".json")
 
 
 def _evaluate(

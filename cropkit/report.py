@@ -65,7 +65,7 @@ def claim(a: Record, b: Record, which: str = "robust", *, a_name: str | None = N
     comparison = compare_records(a, b, which, a_name=a_name, b_name=b_name)
     same_attack = which == "robust" and a.get("attack") == b.get("attack")
     label = what or ("clean accuracy" if which == "clean" else "robust accuracy" if not same_attack else
-                     "worst-case accuracy" if a["attack"] == "worst case" else f"{a['attack']} accuracy")
+                     "worst-case accuracy" if a.get("attack") == "worst case" else f"{a.get('attack')} accuracy")
     return comparison.statement(label)
 
 
@@ -164,9 +164,9 @@ def _main_results(records: list[Record]) -> str:
         overstated = 100 * (pgd10["robust_accuracy"] - worst[cropd]["robust_accuracy"])
         lines += [f"**{protocol} heads** (training seed {seeds[0]}, worst case over "
                   f"{', '.join(worst[cropd]['attack_settings']['over'])}, eps = {worst[cropd]['eps']:g}):", ""]
-        lines += [f"- {claim(worst[cropd], worst[other], what='worst-case accuracy')}."
+        lines += [f"- {claim(worst[cropd], worst[other])}."
                   + resolution(worst[cropd], worst[other]) for other in worst if other != cropd]
-        lines += [f"- {claim(worst[cropd], worst['Identity'], 'clean', what='clean accuracy')}.",
+        lines += [f"- {claim(worst[cropd], worst['Identity'], 'clean')}.",
                   f"- {claim(pgd10, worst[cropd], a_name=f'{cropd} under PGD-10', b_name='under the worst case')}"
                   f": PGD-10 alone overstates its robustness by {overstated:.1f} points.", ""]
     if len(seeds) > 1:
@@ -185,9 +185,9 @@ def _lambda_ablation(records: list[Record]) -> str:
              table([{"lambda": f"{r['setup']['lambda']:g}", "clean": accuracy(r, "clean"), "worst case": accuracy(r)}
                     for r in worst]), ""]
     for a, b in zip(worst[1:], worst):
-        lines += [f"- {claim(a, b, a_name=name[id(a)], b_name=name[id(b)], what='worst-case accuracy')}."
+        lines += [f"- {claim(a, b, a_name=name[id(a)], b_name=name[id(b)])}."
                   + resolution(a, b),
-                  f"- {claim(a, b, 'clean', a_name=name[id(a)], b_name=name[id(b)], what='clean accuracy')}."]
+                  f"- {claim(a, b, 'clean', a_name=name[id(a)], b_name=name[id(b)])}."]
     if len(seeds) > 1:
         lines += ["", f"Across training seeds {seeds}:", "", table(_seed_spread_rows(records, "worst case"))]
     return "\n".join(lines)
@@ -226,7 +226,7 @@ def _transfer(records: list[Record]) -> str:
             if r is identity:
                 continue
             kind = "in-domain" if r["setup"]["trained_on"] == target else "transfer"
-            lines.append(f"- on {target} ({kind}): {claim(r, identity, what='worst-case accuracy')}."
+            lines.append(f"- on {target} ({kind}): {claim(r, identity)}."
                          + resolution(r, identity))
     return "\n".join(lines)
 
@@ -239,17 +239,17 @@ def _acl_family(records: list[Record]) -> str:
     first = next(iter(worst.values()))
     lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g}, "
              f"{first['n_examples']} test images:", "", "SLF heads against the untrained backbone:"]
-    lines += [f"- {claim(r, worst[baseline], what='worst-case accuracy')}." for name, r in slf.items() if name != "CRoPD"]
+    lines += [f"- {claim(r, worst[baseline])}." for name, r in slf.items() if name != "CRoPD"]
     pairs = [(name, "ACL") for name in slf if name.startswith("ACL-RCS")] + [("ACL-AIR", "ACL"), ("DynACL-AIR", "DynACL")]
     lines += ["", "Each variant against the method it modifies (SLF):"]
     for a, b in pairs:
         if a in slf and b in slf:
             speed = f" Pre-training {cost[b]['seconds'] / cost[a]['seconds']:.2f}x faster than {b} (wall-clock, " \
                     f"{cost[a]['examples']} examples trained against {cost[b]['examples']})." if "RCS" in a else ""
-            lines.append(f"- {claim(slf[a], slf[b], what='worst-case accuracy')}." + resolution(slf[a], slf[b]) + speed)
+            lines.append(f"- {claim(slf[a], slf[b])}." + resolution(slf[a], slf[b]) + speed)
     encoders = {name: r for name, r in worst.items() if not name.startswith(("CRoPD", baseline))}
     best = max(encoders, key=lambda name: encoders[name]["robust_accuracy"])
-    lines += ["", f"- {claim(worst['CRoPD · SLF'], encoders[best], what='worst-case accuracy')} (the most robust "
+    lines += ["", f"- {claim(worst['CRoPD · SLF'], encoders[best])} (the most robust "
                   "ACL-family model)."]
     return "\n".join(lines)
 
@@ -266,8 +266,8 @@ def _robust_finetuning(records: list[Record]) -> str:
                          for name, r in here.items()]), ""]
         for name, r in here.items():
             if name not in (cropd, "Identity · SLF"):
-                lines += [f"- {claim(r, here['Identity · SLF'], what='worst-case accuracy')}.",
-                          f"- {claim(r, here[cropd], what='worst-case accuracy')}." + resolution(r, here[cropd])]
+                lines += [f"- {claim(r, here['Identity · SLF'])}.",
+                          f"- {claim(r, here[cropd])}." + resolution(r, here[cropd])]
         lines.append("")
     return "\n".join(lines).strip()
 

@@ -39,7 +39,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from cropkit.attacks import pgd
-from cropkit.checkpoint import atomic_write_bytes, cache_key, module_digest, reading
+from cropkit.checkpoint import atomic_write_bytes, measurement_path, module_digest, reading
 from cropkit.data import ImageData
 from cropkit.losses import L_CON_BATCH, contrastive_terms
 from cropkit.models import Pipeline
@@ -146,8 +146,8 @@ def terms_dir() -> Path:
 
 def terms_path(model_digest: str, data: ImageData, settings: dict[str, Any]) -> Path:
     """Where the bound terms of the model with weights `model_digest` on `data` under `settings` are cached."""
-    key = cache_key({"model": model_digest, **settings}, recipe=THEORY_RECIPE_VERSION, data=data.digest())
-    return terms_dir() / f"{data.name}-{key}.safetensors"
+    return measurement_path(terms_dir(), data, {"model": model_digest, **settings}, recipe=THEORY_RECIPE_VERSION,
+                            suffix=".safetensors")
 
 
 def latent_similarity(preprocessor: nn.Module, images: Tensor, batch_size: int = L_CON_BATCH) -> float:
