@@ -85,6 +85,9 @@ def fgsm_rs(loss_of_input: Callable[[Tensor], Tensor], x: Tensor, eps: float, st
 # The batch size at which the kit measures L_con everywhere (training's default batch, so the monitored values
 # are on the scale of the training loss).
 L_CON_BATCH = 128
+# Mean cosine between different images' pooled latents (`theory.latent_similarity`) at which an encoder has
+# collapsed: every image maps to about one direction and L_con sits at log(1 + negatives) whatever the input.
+COLLAPSED = 0.95
 
 
 def contrastive_terms(encoder: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor | None, eps: float, *,

@@ -15,14 +15,16 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
-
-import nbformat
+from typing import TYPE_CHECKING, Any
 
 from cropkit.checkpoint import atomic_write_bytes
+from cropkit.losses import COLLAPSED
 from cropkit.paths import project_root
 from cropkit.results import RUNS_FILE, compare_records, load_records, pooled
 from cropkit.stats import format_accuracy, mcnemar_sample_size, seed_spread
+
+if TYPE_CHECKING:  # nbformat is imported where notebooks are written: it loads jsonschema, whose URI grammar alone
+    import nbformat  # takes 3 s, and every notebook imports this module to render its summary
 
 Record = dict[str, Any]
 # What a measurement is (as opposed to what it measured and where): two records agreeing on these are one
@@ -330,7 +332,6 @@ def _beats(a: Record, b: Record) -> bool:
     return comparison.resolved and comparison.difference > 0
 
 
-COLLAPSED = 0.95  # mean cosine between different images' latents at which the encoder has collapsed (notebook 11)
 NOT_ROBUST = 0.05  # a family whose best robust accuracy has its 95% upper bound below this is not robust at all
 
 
@@ -567,7 +568,7 @@ def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
     """The README's generated results: the headline notebooks' summaries (every notebook's for the profiles other
     than quick, whose references hold only the notebooks run at CPU size), where the rest is, and (for the profile
     whose outputs are committed) each notebook's wall-clock in the run that made them."""
-    seconds = {p.stem: nbformat.read(p, as_version=4).metadata.get("cropkit", {}).get("seconds")
+    seconds = {p.stem: json.loads(p.read_text(encoding="utf-8"))["metadata"].get("cropkit", {}).get("seconds")
                for p in sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))} if profile == "quick" else {}
     timing = (["Wall-clock of each notebook in the run that made this reference: "
                + ", ".join(f"{name[:2]} {s:.0f} s" for name, s in seconds.items())
@@ -625,6 +626,8 @@ def commit_outputs(executed: Path, target: Path, profile: str, seconds: float | 
     """Copy an executed notebook's outputs over the committed notebook `target`: without papermill's injected
     parameters and timing metadata, stamped with the recipes and the code it was made with (a test compares them
     with the current ones, so outputs of an older recipe or of edited code are caught)."""
+    import nbformat
+
     notebook = nbformat.read(executed, as_version=4)
     notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     for cell in notebook.cells:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +30,10 @@ from cropkit.checkpoint import cache_key, existing_directory, load_snapshot, loa
 from cropkit.cost import measure
 from cropkit.data import ImageData, load_dataset
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
-from cropkit.losses import L_CON_BATCH, contrastive_loss, contrastive_terms, fgsm_rs, reconstruction_loss
+from cropkit.losses import COLLAPSED, L_CON_BATCH, contrastive_loss, contrastive_terms, fgsm_rs, reconstruction_loss
 from cropkit.models.autoencoder import ARCHITECTURES, Architecture, build_autoencoder
 from cropkit.paths import cache_dir
+from cropkit.theory import latent_similarity
 from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer, non_negative, optional, positive,
                               radius, require, text)
 
@@ -39,7 +41,8 @@ PreprocessorKind = Literal["cropd", "recon", "adv-recon"]
 KINDS = ("cropd", "recon", "adv-recon")
 # Bump when a code change alters what training produces for the same config (it keys the cache); 2: costs in
 # the history; 3: L_con monitored at the kit's one measuring batch size, with its increase over the clean value;
-# 4: the weights after every epoch are kept (`TrainedPreprocessor.at_epoch`).
+# 4: the weights after every epoch are kept (`TrainedPreprocessor.at_epoch`). Not bumped for the monitored latent
+# similarity, which changes no weight: `warn_if_collapsed` measures it for histories without it.
 RECIPE_VERSION = 4
 # Fields added after cached pre-processors existed (`PreprocessorConfig.fields`).
 _KEYED_WHEN_SET = ("depth", "per_class")
@@ -216,15 +219,16 @@ def train_preprocessor(
     pixel_mean = float(train.images.float().mean() / 255)
     model = build_autoencoder(config.architecture, train.image_shape[0], train.image_shape[1], config.width,
                               config.latent_channels, config.seed, pixel_mean, config.depth)
+    monitor_x, monitor_y = load_dataset(config.dataset, "test").take(MONITOR_SIZE, seed=config.seed).tensors()
     found = existing_directory(out)
     if found is not None and not force:
         saved = load_weights(model, found)
-        return TrainedPreprocessor(model.requires_grad_(False).eval(), config, saved["history"], found)
+        return warn_if_collapsed(TrainedPreprocessor(model.requires_grad_(False).eval(), config, saved["history"],
+                                                     found), monitor_x)
 
     device = precision.resolve_device(device)
     model.to(device)
     images, labels = (t.to(device) for t in train.tensors())
-    monitor_x, monitor_y = load_dataset(config.dataset, "test").take(MONITOR_SIZE, seed=config.seed).tensors()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
     scheduler = cosine_schedule(optimizer, steps)
@@ -252,6 +256,8 @@ def train_preprocessor(
         monitored = monitored_contrastive_loss(model, monitor_x, None if config.label_free else monitor_y, config.eps,
                                                config.tau, config.seed)
         stats |= {f"test_{name}": value for name, value in monitored.items()}
+        if len(monitor_x) >= 2:  # collapse shows between different images (`warn_if_collapsed`)
+            stats["test_latent_similarity"] = latent_similarity(model, monitor_x)
         return stats
 
     partial = out.with_name(out.name + ".partial")
@@ -266,4 +272,26 @@ def train_preprocessor(
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(snapshots, ignore_errors=True)
     distributed.barrier()
-    return TrainedPreprocessor(model, config, history, out)
+    return warn_if_collapsed(TrainedPreprocessor(model, config, history, out), monitor_x)
+
+
+def warn_if_collapsed(trained: TrainedPreprocessor, images: Tensor) -> TrainedPreprocessor:
+    """Warn when a CRoPD pre-processor's pooled latent has collapsed (`losses.COLLAPSED`): its L_con then sits at
+    log(1 + negatives) whatever the input, so neither that nor the bound's terms speak for robustness, and a reader
+    should know before evaluating it. Reads the last epoch's monitored similarity; for models cached before it was
+    monitored, measures it on held-out `images`. Returns `trained`."""
+    config = trained.config
+    if config.kind != "cropd" or not distributed.is_main():
+        return trained
+    similarity = trained.history[-1].get("test_latent_similarity") if trained.history else None
+    if similarity is None and len(images) >= 2:
+        similarity = latent_similarity(trained.model, images)
+    if similarity is not None and similarity >= COLLAPSED:
+        warnings.warn(f"pre-processor {config.name} ({config.architecture}, width={config.width}, "
+                      f"latent_channels={config.latent_channels}, "
+                      f"eps={config.eps}, {config.epochs} epochs on {config.dataset}; {trained.path}) has a collapsed "
+                      f"latent: the mean cosine between different test images' pooled latents is {similarity:.3f} >= "
+                      f"{COLLAPSED}, so L_con sits at its collapse value for any input and only attacks through the "
+                      "whole pipeline say how robust it is. A smaller eps or lam, a wider latent (width, "
+                      "latent_channels) or more epochs may avoid it.", RuntimeWarning, stacklevel=2)
+    return trained

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, replace
 
 import pytest
@@ -15,8 +16,8 @@ from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
 from cropkit.models import FoundationModel
 from cropkit.models.autoencoder import ConvAutoEncoder, ViTAutoEncoder, build_autoencoder, parameter_fraction
 from cropkit.protocols import fit_alf, fit_slf
-from cropkit.train import (RECIPE_VERSION, PreprocessorConfig, epochs_for_steps, preprocessor_dir, psnr,
-                           train_preprocessor, training_split)
+from cropkit.train import (MONITOR_SIZE, RECIPE_VERSION, PreprocessorConfig, epochs_for_steps, preprocessor_dir,
+                           psnr, train_preprocessor, training_split, warn_if_collapsed)
 
 TINY_AE = PreprocessorConfig(dataset="digits", width=8, latent_channels=16, epochs=2, batch_size=32, lam=1.0)
 
@@ -122,6 +123,29 @@ def test_cropd_training_learns_and_is_cached(tmp_path, monkeypatch, mnist):
     x, _ = mnist[1].take(32).tensors()
     assert torch.equal(again.model(x), trained.model(x))
     assert psnr(again.model, x) == pytest.approx(psnr(trained.model, x))
+
+
+def test_a_collapsed_latent_is_named_when_trained_and_when_loaded(tmp_path, monkeypatch):
+    """The suite's tiny CRoPD model collapses in its 2 epochs on the digits (every test image's pooled latent points
+    the same way, its monitored L_con sits at log(1 + negatives)); with a wider latent it does not."""
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        wide = train_preprocessor(replace(TINY_AE, width=16, latent_channels=64), progress=False)
+    named = (r"CRoPD \(lambda=1\) \(conv, width=8, latent_channels=16, eps=0\.1, 2 epochs on digits; .+\) has a "
+             r"collapsed latent: .* is (0\.9[5-9]\d|1\.000) >= 0\.95")
+    with pytest.warns(RuntimeWarning, match=named):
+        collapsed = train_preprocessor(TINY_AE, progress=False)
+    assert collapsed.history[-1]["test_latent_similarity"] >= 0.95 > wide.history[-1]["test_latent_similarity"]
+    with pytest.warns(RuntimeWarning, match=named):
+        assert train_preprocessor(TINY_AE, progress=False).path == collapsed.path  # served from the cache
+    x, _ = load_dataset("digits", "test").take(MONITOR_SIZE).tensors()
+    with pytest.warns(RuntimeWarning, match=named):  # cached before the similarity was monitored: measured on x
+        warn_if_collapsed(replace(collapsed, history=[{}]), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        warn_if_collapsed(replace(wide, history=[{}]), x)
+        warn_if_collapsed(replace(collapsed, config=replace(TINY_AE, kind="recon", lam=0.0)), x)  # not L_con's latent
 
 
 def test_interrupted_preprocessor_training_resumes_identically(tmp_path, monkeypatch,

@@ -1,6 +1,9 @@
-"""The closing summaries of notebooks 09-11, on records whose outcomes are known."""
+"""The closing summaries of notebooks 09-11, on records whose outcomes are known; what rendering them loads."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +122,11 @@ def test_resolution_when_every_discordant_example_goes_one_way():
     -0.05000000000000004, a rounding error beyond the 5% discordant that the sample-size formula refused."""
     a, b = (evaluation(m, r, setup={}, first=f) for m, r, f in (("A", 60, 5), ("B", 65, 0)))
     assert "about" in report.resolution(a, b) and "-5.0 points, 5% of examples" in report.resolution(a, b)
+
+
+def test_rendering_summaries_does_not_load_nbformat():
+    """Every notebook imports `cropkit.report` for its summary; nbformat loads jsonschema, whose URI grammar alone
+    takes 3 s of each kernel's start, so only the functions that write notebooks import it."""
+    code = "import sys, cropkit.report; sys.exit(sorted({'nbformat', 'jsonschema'} & set(sys.modules)) or None)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
