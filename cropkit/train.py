@@ -219,16 +219,16 @@ def train_preprocessor(
     pixel_mean = float(train.images.float().mean() / 255)
     model = build_autoencoder(config.architecture, train.image_shape[0], train.image_shape[1], config.width,
                               config.latent_channels, config.seed, pixel_mean, config.depth)
-    monitor_x, monitor_y = load_dataset(config.dataset, "test").take(MONITOR_SIZE, seed=config.seed).tensors()
     found = existing_directory(out)
     if found is not None and not force:
         saved = load_weights(model, found)
         return warn_if_collapsed(TrainedPreprocessor(model.requires_grad_(False).eval(), config, saved["history"],
-                                                     found), monitor_x)
+                                                     found))
 
     device = precision.resolve_device(device)
     model.to(device)
     images, labels = (t.to(device) for t in train.tensors())
+    monitor_x, monitor_y = monitor_split(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(images) / config.batch_size)
     scheduler = cosine_schedule(optimizer, steps)
@@ -272,20 +272,26 @@ def train_preprocessor(
         shutil.rmtree(partial, ignore_errors=True)
         shutil.rmtree(snapshots, ignore_errors=True)
     distributed.barrier()
-    return warn_if_collapsed(TrainedPreprocessor(model, config, history, out), monitor_x)
+    return warn_if_collapsed(TrainedPreprocessor(model, config, history, out))
 
 
-def warn_if_collapsed(trained: TrainedPreprocessor, images: Tensor) -> TrainedPreprocessor:
+def monitor_split(config: PreprocessorConfig) -> tuple[Tensor, Tensor]:
+    """The held-out test images (and labels) on which training tracks reconstruction, L_con and collapse."""
+    return load_dataset(config.dataset, "test").take(MONITOR_SIZE, seed=config.seed).tensors()
+
+
+def warn_if_collapsed(trained: TrainedPreprocessor) -> TrainedPreprocessor:
     """Warn when a CRoPD pre-processor's pooled latent has collapsed (`losses.COLLAPSED`): its L_con then sits at
     log(1 + negatives) whatever the input, so neither that nor the bound's terms speak for robustness, and a reader
     should know before evaluating it. Reads the last epoch's monitored similarity; for models cached before it was
-    monitored, measures it on held-out `images`. Returns `trained`."""
+    monitored, measures it on the monitor images. Returns `trained`."""
     config = trained.config
     if config.kind != "cropd" or not distributed.is_main():
         return trained
     similarity = trained.history[-1].get("test_latent_similarity") if trained.history else None
-    if similarity is None and len(images) >= 2:
-        similarity = latent_similarity(trained.model, images)
+    if similarity is None:
+        images = monitor_split(config)[0]
+        similarity = latent_similarity(trained.model, images) if len(images) >= 2 else None
     if similarity is not None and similarity >= COLLAPSED:
         warnings.warn(f"pre-processor {config.name} ({config.architecture}, width={config.width}, "
                       f"latent_channels={config.latent_channels}, "

@@ -113,8 +113,9 @@ class Workload:
         self.add(f"train {config.name} ({config.architecture})", "train", ae, config.epochs * train,
                  preprocessor_passes(config.kind, ae.encoder_share), "bf16", config.batch_size,
                  trained=ae.parameters, measured=measured, key=config)
+        # Per monitor image and epoch: PSNR's whole pass; L_con clean, FGSM (3) and attacked; the latent similarity.
         self.add(f"monitor {config.name}", "train", ae, config.epochs * min(MONITOR_SIZE, d.test),
-                 1 + 5 * ae.encoder_share, "bf16", MONITOR_SIZE, key=config)
+                 1 + 6 * ae.encoder_share, "bf16", MONITOR_SIZE, key=config)
         return ae
 
     def slf(self, stack: Network, dataset: str, n: int | None = None) -> None:
