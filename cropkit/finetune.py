@@ -7,21 +7,27 @@ trains it on adversarial examples made inside every step by PGD through the copy
   classifier of `cropkit.models.clip`, which is what keeps zero-shot transfer to other class sets possible. Its
   logits are CLIP's, logit_scale * cosine, in the loss and in the PGD alike, as TeCoA's code has them
   (ZSRobust4FoundationModel `finetuning.py`, `multiGPU_CLIP`: image embedding @ (logit_scale * text embedding).T);
+  for a linear probe, 100 (CLIP's logit scale) times the probe's cosine logits (below);
 - `pmg-aft`: PMG-AFT (Wang et al. 2024) as its code has it (`PMG_AFT.py`, `train`): CE(x_adv) (batch mean) +
   alpha * KL(P_orig(x_adv) || P(x_adv)) + beta * KL(P(x) || P(x_adv)), each KL summed over the batch
   (`nn.KLDivLoss(reduction="sum")`, input log_softmax of the adversarial output, target softmax of the frozen
   original's or the clean output, gradient through both), all of it and its PGD on *cosine* logits: PMG_AFT.py
-  renormalises the logit-scaled text embeddings (`multiGPU_CLIP`), so CLIP's scale cancels. The kit divides the
-  head's logits by `FinetuneConfig.temperature`, by default the head's `logit_scale` (CLIP's zero-shot head:
-  exactly the cosine logits) and, for a head without one (a linear probe), CLIP's 100 — a kit choice that
-  softens a probe's logits by the factor PMG-AFT softens CLIP's, so the batch-summed KLs do not outweigh the CE
-  by the batch size as they do on the probe's raw logits;
+  renormalises the logit-scaled text embeddings (`multiGPU_CLIP`), so CLIP's scale cancels, and its `validate`
+  attacks and scores the same cosines. Two ports that do not work on a linear probe, kept in `investigations/
+  finetune_recipe.json`: its logits divided by 100 (CE and KLs nearly flat in the logits: clean accuracy falls
+  to about 20%) and its raw logits (the batch-summed KLs outweigh the CE by the batch size, and a constant
+  prediction, which sets both KLs to 0, wins: clean accuracy about 12%);
 - `trades`: TRADES (Zhang et al. 2019), CE(f(x), y) + beta * KL(P(x) || P(x_adv)) (batch mean), x_adv maximising
   that KL (summed) in eval mode; the AFF protocol of the adversarial contrastive learning papers (beta 6), as in
   RobustSSL_Benchmark's `trades_loss` (KL direction, reductions, one clean forward shared by CE and KL, the
   gradient through it). Deviations: the attack starts uniformly in the eps-ball (theirs: x + 0.001 * N(0, 1));
   an ACL encoder sends clean and adversarial images through its `pgd` BatchNorm, their `--dualBN 0` (their
   default `trades_loss_dual` sends clean ones through `normal`).
+TeCoA and PMG-AFT keep the head fixed and work on its cosine logits (`heads.CosineHead`, `method_pipeline`): for
+CLIP's zero-shot head the cosine with each text embedding, for a linear probe the cosine between the standardised
+features and each class's weight row (the bias left out; the probe's class vectors play the text embeddings'
+part, a kit choice), times the method's scale. The fine-tuned pipeline keeps that head, so it is evaluated on the
+logits it was trained on, as both codes evaluate CLIP. AFT and TRADES train the head's own logits.
 Every method may grow the attack's radius linearly from 0 to eps over its first `eps_warmup_epochs` (by
 optimiser step): the eps-warmup of Debenedetti, Sehwag & Mittal 2023, "A Light Recipe to Train Robust Vision
 Transformers" (their code's `--eps-schedule`, a sine ramp there). Not in the TeCoA or PMG-AFT code, which start
@@ -49,30 +55,31 @@ from cropkit import precision
 from cropkit.checkpoint import cache_key, existing_directory, load_snapshot, load_weights, module_digest, save_weights
 from cropkit.cost import measure
 from cropkit.data import ImageData
+from cropkit.heads import CosineHead
 from cropkit.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.losses import linf_ascent
 from cropkit.models import Pipeline
 from cropkit.paths import cache_dir
-from cropkit.validate import (UNTRAINED, boolean, check_fields, choice, integer, non_negative, optional, positive,
-                              radius, require)
+from cropkit.validate import (UNTRAINED, Summary, boolean, check_fields, choice, head_matches, integer, non_negative,
+                              optional, positive, radius, require)
 
 Method = Literal["aft", "tecoa", "pmg-aft", "trades"]
 METHODS = ("aft", "tecoa", "pmg-aft", "trades")
+CLIP_LOGIT_SCALE = 100.0  # exp(4.6052), the cap TeCoA's and PMG-AFT's code clamp CLIP's logit scale to
 TRAINS_HEAD = {"aft": True, "tecoa": False, "pmg-aft": False, "trades": True}
 DEFAULT_BETA = {"pmg-aft": 1.0, "trades": 6.0}
-CLIP_LOGIT_SCALE = 100.0  # exp(4.6052), the cap PMG_AFT.py and TeCoA clamp CLIP's logit scale to
 # Bump when a code change alters what fine-tuning produces for the same config (it keys the cache); 2: PMG-AFT's
 # logits, TRADES' single clean forward; 3: the history records the accuracy on each step's own PGD examples;
-# 4: the weights after every epoch are kept (`FinetunedPipeline.at_epoch`); 5: eps-warmup.
-RECIPE_VERSION = 5
+# 4: the weights after every epoch are kept (`FinetunedPipeline.at_epoch`); 5: eps-warmup; 6: PMG-AFT on the head's
+# cosine logits (and deployed with them) instead of logits / 100, TeCoA on 100 x a probe's cosines, not its logits.
+RECIPE_VERSION = 6
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """One robust fine-tuning run. `last_blocks=None` trains the whole foundation model; `train_head=None` takes
     the method's default (`TRAINS_HEAD`); `beta=None` the method's (`DEFAULT_BETA`); `attack_step=None` is
-    2.5 * eps / attack_steps (scaled with the radius during `eps_warmup_epochs`, module docstring); `temperature`
-    (PMG-AFT only) divides the head's logits, None = `pmg_temperature`."""
+    2.5 * eps / attack_steps (scaled with the radius during `eps_warmup_epochs`, module docstring)."""
 
     method: Method = "aft"
     eps: float = 0.1
@@ -82,7 +89,6 @@ class FinetuneConfig:
     train_head: bool | None = None
     alpha: float = 1.0
     beta: float | None = None
-    temperature: float | None = None
     epochs: int = 2
     eps_warmup_epochs: int = 0
     batch_size: int = 64
@@ -94,13 +100,11 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_fields(self, method=choice(METHODS, "fine-tuning method"), eps=radius, attack_steps=integer(1),
                      attack_step=optional(positive), last_blocks=optional(integer(1)), train_head=optional(boolean),
-                     alpha=non_negative, beta=optional(non_negative), temperature=optional(positive),
+                     alpha=non_negative, beta=optional(non_negative),
                      epochs=integer(1, why=UNTRAINED), eps_warmup_epochs=integer(0), batch_size=integer(1),
                      lr=positive, weight_decay=non_negative, n_train=optional(integer(1)), seed=integer(0))
         require(self.eps_warmup_epochs <= self.epochs, "FinetuneConfig.eps_warmup_epochs", self.eps_warmup_epochs,
                 f"longer than the run's {self.epochs} epochs: it would never attack at eps", "pick at most `epochs`")
-        require(self.temperature is None or self.method == "pmg-aft", "FinetuneConfig.temperature", self.temperature,
-                f"only PMG-AFT divides its logits by a temperature, not {self.method!r}", "leave it None")
 
     @property
     def trains_head(self) -> bool:
@@ -147,14 +151,6 @@ def kl_divergence(p_logits: Tensor, q_logits: Tensor, reduction: Literal["sum", 
                     reduction=reduction)
 
 
-def pmg_temperature(config: FinetuneConfig, model: nn.Module) -> float:
-    """What PMG-AFT divides the head's logits by: `config.temperature`, else the head's `logit_scale` (CLIP's
-    zero-shot head: cosine logits, as PMG_AFT.py), else `CLIP_LOGIT_SCALE` (module docstring)."""
-    if config.temperature is not None:
-        return config.temperature
-    return float(getattr(getattr(model, "head", None), "logit_scale", CLIP_LOGIT_SCALE))
-
-
 def finetune_loss(
     model: nn.Module, guide: nn.Module | None, config: FinetuneConfig, x: Tensor, y: Tensor,
     generator: torch.Generator | None = None, eps: float | None = None,
@@ -162,16 +158,12 @@ def finetune_loss(
     """The training loss of `config.method` on one batch, and its parts for the history (module docstring).
 
     `guide` is the frozen original pipeline (PMG-AFT only); `eps` the radius of this step (default `config.eps`;
-    the step size scales with it). The adversarial examples are made with the model in eval mode (RobustSSL's
-    TRADES does so; TeCoA's and PMG-AFT's CLIP tower has no layer that differs).
+    the step size scales with it). For TeCoA and PMG-AFT the pipelines carry the method's cosine head
+    (`method_pipeline`). The adversarial examples are made with the model in eval mode (RobustSSL's TRADES does
+    so; TeCoA's and PMG-AFT's CLIP tower has no layer that differs).
     """
-    scale = pmg_temperature(config, model) if config.method == "pmg-aft" else 1.0
     eps = config.eps if eps is None else eps
     step = config.step_size * eps / config.eps if config.eps > 0 else config.step_size
-
-    def logits(network: nn.Module, v: Tensor) -> Tensor:
-        return network(v) / scale
-
     training = model.training
     model.eval()
     if config.method == "trades":
@@ -180,10 +172,10 @@ def finetune_loss(
         x_adv = linf_ascent(lambda v: kl_divergence(clean_logits, model(v), "sum"), x, eps,
                             steps=config.attack_steps, step=step, generator=generator)
     else:
-        x_adv = linf_ascent(lambda v: F.cross_entropy(logits(model, v), y), x, eps, steps=config.attack_steps,
-                            step=step, generator=generator)
+        x_adv = linf_ascent(lambda v: F.cross_entropy(model(v), y), x, eps, steps=config.attack_steps, step=step,
+                            generator=generator)
     model.train(training)
-    adv_logits = logits(model, x_adv)
+    adv_logits = model(x_adv)
     # Accuracy on the step's own adversarial examples and on the clean batch: robust training accuracy that rises
     # while clean accuracy falls is label leaking (the model reads the attack's perturbation), not robustness.
     # For AFT and TeCoA this costs one no-grad forward, counted in the run's FLOPs like every other pass.
@@ -201,8 +193,8 @@ def finetune_loss(
     if guide is None:
         raise ValueError("PMG-AFT needs the frozen original model as its guide")
     with torch.no_grad():
-        guide_logits = logits(guide, x_adv)
-    clean_logits = logits(model, x)
+        guide_logits = guide(x_adv)
+    clean_logits = model(x)
     kl_guide = kl_divergence(guide_logits, adv_logits, "sum")
     kl_clean = kl_divergence(clean_logits, adv_logits, "sum")
     loss = adv_ce + config.alpha * kl_guide + config.kl_weight * kl_clean
@@ -231,6 +223,22 @@ def unfreeze(pipeline: Pipeline, config: FinetuneConfig) -> list[nn.Parameter]:
     return [p for p in pipeline.parameters() if p.requires_grad]
 
 
+def cosine_scale(method: str, head: nn.Module) -> float | None:
+    """What `method` trains on, as a multiple of the head's cosine logits: TeCoA the head's `logit_scale` (CLIP's),
+    else `CLIP_LOGIT_SCALE`; PMG-AFT 1, the cosines themselves; AFT and TRADES None (the head's own logits)."""
+    if method == "tecoa":
+        return float(getattr(head, "logit_scale", CLIP_LOGIT_SCALE))
+    return 1.0 if method == "pmg-aft" else None
+
+
+def method_pipeline(pipeline: Pipeline, method: str) -> Pipeline:
+    """`pipeline` as `method` trains, attacks and deploys it (module docstring): its modules (shared, not copied)
+    with the scaled cosine head for TeCoA and PMG-AFT; `pipeline` itself for AFT and TRADES."""
+    scale = cosine_scale(method, pipeline.head)
+    return pipeline if scale is None else Pipeline(pipeline.preprocessor, pipeline.foundation,
+                                                   CosineHead(pipeline.head, scale))
+
+
 def finetune_dir(config: FinetuneConfig, start: str, data: ImageData) -> Path:
     """Where a run is cached: keyed by the config, the starting weights' digest, the recipe and the data's digest."""
     key = cache_key(asdict(config) | {"start": start}, recipe=RECIPE_VERSION, data=data.digest())
@@ -244,11 +252,23 @@ def finetune_robust(
     """Robustly fine-tune a copy of `pipeline` on `train` (or load the cached result); `pipeline` is left as it is.
 
     AdamW with a cosine schedule (the adversarial CE of a fresh linear head is tens of nats: plain SGD at the
-    papers' rates diverges here); bf16 autocast on CUDA. `config.n_train` trains on a seeded subset.
+    papers' rates diverges here); bf16 autocast on CUDA. `config.n_train` trains on a seeded subset. A head whose
+    number of classes is not `train`'s is refused before any work.
     """
+    require(isinstance(config, FinetuneConfig), "config", config, "not a FinetuneConfig",
+            "pass e.g. FinetuneConfig(method='tecoa', eps=0.1)")
+    require(isinstance(train, ImageData) and len(train) > 0, "train", train, "not a non-empty ImageData",
+            "load it with cropkit.data.load_dataset(name, 'train')")
+    head_matches(pipeline, train, "pipeline", "fine-tune a pipeline whose head was fitted on this dataset "
+                 "(cropkit.protocols.fit_slf, or CLIP's zero-shot head built from this dataset's class names)")
+    if cosine_scale(config.method, pipeline.head) is not None:
+        head = type(pipeline.head).__name__
+        require(callable(getattr(pipeline.head, "cosine", None)), "pipeline", Summary(f"a pipeline with a {head}"),
+                f"{config.name} trains on the head's cosine logits, and this head has no cosine(features)",
+                "fine-tune a pipeline with a LinearHead (fit_slf) or CLIP's zero-shot head")
     data = train.take(config.n_train, seed=config.seed) if config.n_train else train
     out = finetune_dir(config, module_digest(pipeline), data)
-    tuned = copy.deepcopy(pipeline).cpu()
+    tuned = method_pipeline(copy.deepcopy(pipeline).cpu(), config.method)
     found = existing_directory(out)
     if found is not None and not force:
         saved = load_weights(tuned, found)
@@ -256,7 +276,7 @@ def finetune_robust(
 
     device = precision.resolve_device(device)
     tuned.to(device)
-    guide = pipeline.to(device).eval() if config.method == "pmg-aft" else None
+    guide = method_pipeline(pipeline.to(device), config.method) if config.method == "pmg-aft" else None
     parameters = unfreeze(tuned, config)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = cosine_schedule(optimizer, config.epochs * math.ceil(len(data) / config.batch_size))

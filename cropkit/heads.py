@@ -30,6 +30,27 @@ class LinearHead(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         return self.linear((features.flatten(1) - self.shift) / self.scale)
 
+    def cosine(self, features: Tensor) -> Tensor:
+        """The cosine between the standardised features and each class's weight row (the bias left out): what a
+        CLIP zero-shot head computes between image and text embeddings, for this head's class vectors."""
+        standardised = (features.flatten(1) - self.shift) / self.scale
+        return F.normalize(standardised, dim=-1) @ F.normalize(self.linear.weight, dim=-1).T
+
+
+class CosineHead(nn.Module):
+    """`scale` times a head's cosine logits (`head.cosine`) as the classifier: how CLIP classifies, and what TeCoA's
+    (scale 100) and PMG-AFT's (scale 1) code train, attack and evaluate on (`cropkit.finetune`). The wrapped head
+    is kept, frozen, for its class vectors."""
+
+    def __init__(self, head: nn.Module, scale: float = 1.0) -> None:
+        super().__init__()
+        if not callable(getattr(head, "cosine", None)):
+            raise TypeError(f"{type(head).__name__} has no cosine(features): use a LinearHead or CLIP's ZeroShotHead")
+        self.head, self.scale = head, float(scale)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.scale * self.head.cosine(features)
+
 
 @torch.inference_mode()
 def extract_features(

@@ -31,7 +31,7 @@ from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batche
 from cropkit.models import Pipeline
 from cropkit.paths import cache_dir
 from cropkit.progress import bar as progress_bar
-from cropkit.validate import Summary, head_classes, integer, positive, require
+from cropkit.validate import head_matches, integer, positive, require
 
 # Bump when a code change alters the head fitted for the same frozen stack and data (it keys the cache).
 HEAD_RECIPE_VERSION = 1
@@ -82,10 +82,7 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     integer(0)("seed", seed)
     require(isinstance(train, ImageData) and len(train) > 0, "train", train, "not a non-empty ImageData",
             "load it with cropkit.data.load_dataset(name, 'train')")
-    classes = head_classes(slf, train[0][0][None])
-    require(classes == train.num_classes, "slf", Summary(f"a head with {classes} classes"),
-            f"the training set {train.name!r} has {train.num_classes} classes", "start ALF from an SLF head fitted "
-            "on this dataset (fit_slf)")
+    head_matches(slf, train, "slf", "start ALF from an SLF head fitted on this dataset (fit_slf)")
     if not attack.always_perturbs:
         raise ValueError(f"ALF trains on the attack's perturbed point for every example, but {attack.label} returns "
                          "the clean input where it fails; pass a single-run PGD such as pgd(eps, 10) as `attack`")

@@ -246,6 +246,15 @@ def head_classes(pipeline: nn.Module, example: Tensor) -> int:
     return int(logits.shape[1])
 
 
+def head_matches(pipeline: nn.Module, data: Any, parameter: str, fix: str) -> None:
+    """Refuse `pipeline` (named `parameter`) unless its number of logits is `data`'s number of classes: a mismatch
+    would otherwise train or score against labels that do not index the logits (or ignore some logits silently)."""
+    classes = head_classes(pipeline, data[0][0][None])
+    require(classes == data.num_classes, parameter, Summary(f"a head with {classes} classes"),
+            f"the dataset {data.name!r} has {data.num_classes} classes, so its labels do not index these logits",
+            fix)
+
+
 def check_evaluation(pipeline: nn.Module, data: Any, attacks: Any, *, model_name: Any, batch_size: Any,
                      seed: Any, results: Any) -> None:
     """Everything `evaluate` needs, checked before the first attack: a module, a non-empty dataset of >= 2 classes
@@ -277,11 +286,8 @@ def check_evaluation(pipeline: nn.Module, data: Any, attacks: Any, *, model_name
         require(isinstance(results, (str, os.PathLike)), "results", results, "not a path",
                 "pass a file path such as 'results/quick/records.jsonl', or None")
         writable_file("results", results)
-    classes = head_classes(pipeline, data[0][0][None])
-    require(classes == data.num_classes, "pipeline", Summary(f"a head with {classes} classes"),
-            f"the dataset {data.name!r} has {data.num_classes} classes, so its labels do not index these logits",
-            "fit a head on this dataset (e.g. cropkit.protocols.fit_slf) or evaluate on the dataset the head was "
-            "fitted on")
+    head_matches(pipeline, data, "pipeline", "fit a head on this dataset (e.g. cropkit.protocols.fit_slf) or "
+                 "evaluate on the dataset the head was fitted on")
 
 
 def check_adversarial(x_adv: Tensor, x: Tensor, eps: float, attack: str) -> None:

@@ -13,6 +13,8 @@ PMG-AFT keep it fixed, AFT trains it on). Each grid point is scored on held-out 
 split) by PGD-10 accuracy at eps 0.1, clean accuracy breaking ties; each method's best point among the runs with
 this invocation's budget (epochs, examples, batch size: what the notebooks then run) is its recipe. Earlier grids
 stay in the file for the record. Runs are cached like any fine-tuning run, so a rerun only re-evaluates.
+A run made before its method's loss last changed (`LOSS_CHANGED`: the fine-tuning recipe version that changed it)
+stays in the file, marked superseded, and is not chosen.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from cropkit.attacks import pgd
 from cropkit.checkpoint import atomic_write_bytes
 from cropkit.data import load_dataset
 from cropkit.evaluate import evaluate
-from cropkit.finetune import FinetuneConfig, finetune_robust
+from cropkit.finetune import RECIPE_VERSION, FinetuneConfig, finetune_robust
 from cropkit.pretrain import load_foundation
 from cropkit.protocols import fit_alf, fit_slf
 from cropkit.results import provenance
@@ -41,6 +43,10 @@ ATTACK_STEPS = (3,)
 EPS_WARMUP = (0,)
 RECIPE = ("lr", "attack_steps", "eps_warmup_epochs", "epochs", "n_train", "batch_size")  # a chosen point's config
 EPOCHS, N_TRAIN, BATCH_SIZE, N_VALIDATION, EPS = 4, 1000, 32, 300, 0.1
+# 6: TeCoA and PMG-AFT on the head's cosine logits (TeCoA x 100, as CLIP's); before, a linear probe's logits (TeCoA)
+# and its logits / 100 (PMG-AFT, which collapsed at every grid point).
+LOSS_CHANGED = {"tecoa": 6, "pmg-aft": 6}
+FIRST_RECIPE = 5  # the fine-tuning recipe of the runs recorded before rows carried theirs
 
 
 def main() -> None:
@@ -83,6 +89,7 @@ def main() -> None:
         run = finetune_robust(starts[start], fitting, config)
         (record,) = evaluate(run.pipeline, validation, [pgd(EPS, 10)], model_name=config.name)
         rows.append({"method": method, "start": start, "lr": lr, "attack_steps": steps, "config": asdict(config),
+                     "recipe": RECIPE_VERSION,
                      "validation_clean": record["clean_accuracy"], "validation_pgd10": record["robust_accuracy"],
                      "validation_pgd10_interval": record["robust_interval"],
                      "history": [{k: v for k, v in h.items() if k.startswith("train_") or k == "epoch"}
@@ -97,14 +104,19 @@ def main() -> None:
 
 def write(out: Path, grids: list[dict], rows: list[dict], budget: dict) -> None:
     """Choose each method's recipe among `rows` run with `budget` (the module's rule) and write the search's file."""
-    same_budget = [r for r in rows if all(r["config"][k] == v for k, v in budget.items())]
+    same_budget = [r for r in rows if all(r["config"][k] == v for k, v in budget.items()) and not superseded(r)]
     methods = sorted({r["method"] for r in same_budget}, key=list(METHODS).index)
     best = {m: max((r for r in same_budget if r["method"] == m),
                    key=lambda r: (r["validation_pgd10"], r["validation_clean"])) for m in methods}
     chosen = {m: {"start": r["start"]} | {k: r["config"].get(k, 0) for k in RECIPE} for m, r in best.items()}
     summary = {"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(), "grids": grids, "runs": rows,
-               "chosen": chosen, **provenance("cpu")}
+               "superseded": [i for i, r in enumerate(rows) if superseded(r)], "chosen": chosen, **provenance("cpu")}
     atomic_write_bytes(out, (json.dumps(summary, indent=1) + "\n").encode())
+
+def superseded(row: dict) -> bool:
+    """Whether `row` was trained before its method's loss last changed (`LOSS_CHANGED`)."""
+    return row.get("recipe", FIRST_RECIPE) < LOSS_CHANGED.get(row["method"], 0)
+
 
 if __name__ == "__main__":
     main()

@@ -28,7 +28,7 @@ from cropkit.attacks import AttackSpec, pgd
 from cropkit.checkpoint import save_weights
 from cropkit.data import ImageData, load_dataset
 from cropkit.evaluate import attack_batches, evaluate
-from cropkit.finetune import FinetuneConfig
+from cropkit.finetune import FinetuneConfig, finetune_robust
 from cropkit.heads import LinearHead
 from cropkit.models import FoundationModel, Pipeline
 from cropkit.paths import project_root
@@ -89,6 +89,12 @@ def _hub_offline(ctx: Context) -> None:
     load_foundation("facebook/vit-mae-base")
 
 
+def _finetune(ctx: Context, train: ImageData, config: Any) -> None:
+    """`finetune_robust` with the cache in the test's folder (the old code trained and cached before failing)."""
+    ctx.monkeypatch.setenv("CROPKIT_CACHE", str(ctx.tmp / "cache"))
+    finetune_robust(ctx.pipeline, train, config, progress=False)
+
+
 def case(make: Callable[[Context], Any], error: type[Exception], *names: str, id: str) -> Any:
     """`make(ctx)` must raise `error` whose message contains every one of `names` (the parameter, the value)."""
     return pytest.param(make, error, names, id=id)
@@ -147,6 +153,10 @@ CASES = [
     case(lambda c: FinetuneConfig(attack_step=NAN), InputError, "FinetuneConfig.attack_step = nan",
          id="finetune-nan-step"),
     case(lambda c: FinetuneConfig(alpha=-1.0), InputError, "FinetuneConfig.alpha = -1.0", id="finetune-alpha"),
+    case(lambda c: _finetune(c, c.two_classes(), FinetuneConfig(epochs=1, n_train=8, attack_steps=1)), InputError,
+         "pipeline", "10 classes", "2 classes", id="finetune-head-classes"),
+    case(lambda c: _finetune(c, c.digits, {"method": "tecoa"}), InputError, "config = {'method': 'tecoa'}",
+         "FinetuneConfig", id="finetune-config-not-a-config"),
     case(lambda c: fit_alf(c.pipeline, c.digits, pgd(0.1, steps=1), epochs=0), InputError, "epochs = 0",
          id="alf-epochs-0"),
     case(lambda c: fit_alf(c.pipeline, c.two_classes(), pgd(0.1, steps=1)), InputError, "slf", "10 classes",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,8 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cropkit import finetune
-from cropkit.finetune import FinetuneConfig, finetune_loss, finetune_robust, kl_divergence, pmg_temperature
+from cropkit.finetune import FinetuneConfig, finetune_loss, finetune_robust, kl_divergence, method_pipeline
+from cropkit.heads import CosineHead
+from cropkit.models import Pipeline
 from cropkit.models.clip import TEMPLATE, load_clip
+from cropkit.validate import InputError
 
 
 @pytest.fixture
@@ -21,21 +25,24 @@ def cache(tmp_path, monkeypatch):
 
 
 def changed(before: torch.nn.Module, after: torch.nn.Module) -> set[str]:
-    """Names of the parameters that differ between two copies of a module."""
+    """Names of the parameters that differ between two copies of a pipeline (a cosine head compared by its head)."""
+    if isinstance(after.head, CosineHead) and not isinstance(before.head, CosineHead):
+        after = Pipeline(after.preprocessor, after.foundation, after.head.head)
     theirs = dict(after.named_parameters())
     return {name for name, p in before.named_parameters() if not torch.equal(p, theirs[name])}
 
 
 def test_pmg_aft_kl_terms_vanish_at_the_original_model_without_attack(tiny_pipeline, mnist):
     x, y = mnist[1].take(32).tensors()
-    guide, model = tiny_pipeline, copy.deepcopy(tiny_pipeline)
+    guide = method_pipeline(tiny_pipeline, "pmg-aft")
+    model = copy.deepcopy(guide)
     _, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.0), x, y)
     assert parts["kl_guide"] == pytest.approx(0, abs=1e-5) and parts["kl_clean"] == pytest.approx(0, abs=1e-5)
     _, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.1), x, y)
     assert parts["kl_clean"] > 1e-3  # an attack moves the prediction; the guide sees the same x_adv, so it agrees
     assert parts["kl_guide"] == pytest.approx(0, abs=1e-5)
     with torch.no_grad():
-        model.head.linear.bias += torch.linspace(-10, 10, 10)  # PMG-AFT divides a probe's logits by 100
+        model.head.head.linear.weight[0] *= -1  # one class vector turned round: the cosines change
     _, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.0), x, y)
     assert parts["kl_guide"] > 1e-3
 
@@ -53,16 +60,17 @@ def spy_on_attacks(monkeypatch) -> list[tuple[float, torch.Tensor]]:
 
 
 def test_pmg_aft_is_its_code_on_cosine_logits_for_clip(tiny_clip_dir, mnist, monkeypatch):
-    guide = load_clip(tiny_clip_dir).pipeline([str(i) for i in range(10)])
+    clip = load_clip(tiny_clip_dir).pipeline([str(i) for i in range(10)])
+    guide = method_pipeline(clip, "pmg-aft")
     model = copy.deepcopy(guide)
     with torch.no_grad():
         model.foundation.projection.weight.add_(0.5 * torch.randn_like(model.foundation.projection.weight))
     x, y = mnist[1].take(8).tensors()
 
     def cosine(pipeline: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:  # PMG_AFT.py's logits: no logit scale
-        return F.normalize(pipeline.foundation(v), dim=-1) @ pipeline.head.text.T
+        return F.normalize(pipeline.foundation(v), dim=-1) @ clip.head.text.T
 
-    assert pmg_temperature(FinetuneConfig(method="pmg-aft"), model) == pytest.approx(guide.head.logit_scale)
+    assert torch.allclose(cosine(guide, x), clip(x) / clip.head.logit_scale, atol=1e-6)
     loss, parts = finetune_loss(model, guide, FinetuneConfig(method="pmg-aft", eps=0.0), x, y)
     ours, original = cosine(model, x), cosine(guide, x).softmax(dim=1)
     # nn.KLDivLoss(reduction="sum")(log_softmax(adversarial output), softmax(original output))
@@ -75,15 +83,27 @@ def test_pmg_aft_is_its_code_on_cosine_logits_for_clip(tiny_clip_dir, mnist, mon
     assert made[0][0] == pytest.approx(F.cross_entropy(ours, y).item(), rel=1e-4)  # its PGD: CE on cosine logits
 
 
-def test_pmg_aft_softens_a_linear_probe_by_clip_logit_scale(tiny_pipeline, mnist):
+def test_tecoa_and_pmg_aft_train_and_are_deployed_on_a_probes_cosine_logits(tiny_pipeline, mnist, cache):
+    """PMG-AFT on a linear probe's logits / 100 collapsed to 20% clean accuracy (notebook 06): its code, and
+    TeCoA's, work on CLIP's cosine logits, so the kit gives them the probe's cosines (PMG-AFT x 1, TeCoA x 100,
+    as their code), and the fine-tuned pipeline keeps them."""
     x, y = mnist[1].take(16).tensors()
-    assert pmg_temperature(FinetuneConfig(method="pmg-aft"), tiny_pipeline) == 100.0
-    config = FinetuneConfig(method="pmg-aft", eps=0.0)
-    _, parts = finetune_loss(copy.deepcopy(tiny_pipeline), tiny_pipeline, config, x, y)
-    assert parts["adv_ce"] == pytest.approx(F.cross_entropy(tiny_pipeline(x) / 100, y).item(), rel=1e-4)
-    _, parts = finetune_loss(copy.deepcopy(tiny_pipeline), tiny_pipeline,
-                             FinetuneConfig(method="pmg-aft", eps=0.0, temperature=1.0), x, y)
-    assert parts["adv_ce"] == pytest.approx(F.cross_entropy(tiny_pipeline(x), y).item(), rel=1e-4)
+    features, head = tiny_pipeline.features(x), tiny_pipeline.head
+    by_hand = F.normalize((features - head.shift) / head.scale, dim=1) @ F.normalize(head.linear.weight, dim=1).T
+    assert torch.allclose(head.cosine(features), by_hand, atol=1e-6)  # the bias plays no part
+    config = FinetuneConfig(method="pmg-aft", epochs=1, n_train=32, batch_size=16, attack_steps=1, lr=1e-3)
+    result = finetune_robust(tiny_pipeline, mnist[0], config, progress=False)
+    tuned = result.pipeline
+    assert isinstance(tuned.head, CosineHead) and torch.equal(tuned.head.head.linear.weight, head.linear.weight)
+    logits = tuned(x)
+    assert logits.abs().max() <= 1 + 1e-6
+    assert torch.allclose(logits, tuned.head.head.cosine(tuned.features(x)), atol=1e-6)
+    _, parts = finetune_loss(copy.deepcopy(tuned), method_pipeline(tiny_pipeline, "pmg-aft"), replace(config, eps=0.0), x, y)
+    assert parts["adv_ce"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-4)
+    tecoa = method_pipeline(tiny_pipeline, "tecoa")
+    assert torch.allclose(tecoa(x), 100 * head.cosine(features), atol=1e-5)  # TeCoA: CLIP's logit scale x cosines
+    with pytest.raises(InputError, match="no cosine"):
+        finetune_robust(Pipeline(None, tiny_pipeline.foundation, nn.Sequential(nn.Linear(32, 10))), mnist[0], config)
 
 
 def test_trades_is_robustssl_trades_loss(mnist, monkeypatch):
@@ -201,10 +221,6 @@ def test_bad_configs_are_refused():
         FinetuneConfig(eps=8)
     with pytest.raises(ValueError, match="last_blocks"):
         FinetuneConfig(last_blocks=0)
-    with pytest.raises(ValueError, match="temperature"):
-        FinetuneConfig(method="tecoa", temperature=1.0)
-    with pytest.raises(ValueError, match="temperature"):
-        FinetuneConfig(method="pmg-aft", temperature=0.0)
 
 
 def test_clip_zero_shot_pipeline_offline_and_tecoa_keeps_the_text_head(tiny_clip_dir, mnist, cache):
@@ -227,4 +243,5 @@ def test_clip_zero_shot_pipeline_offline_and_tecoa_keeps_the_text_head(tiny_clip
     moved = changed(pipeline, tuned)
     assert moved and all(n.startswith(("foundation.vision.encoder.layers.1.", "foundation.vision.post_layernorm.",
                                        "foundation.projection.")) for n in moved), moved
-    assert torch.equal(tuned.head.text, pipeline.head.text)
+    assert isinstance(tuned.head, CosineHead) and torch.equal(tuned.head.head.text, pipeline.head.text)
+    assert torch.allclose(tuned.head(image), pipeline.head(image), atol=1e-5)  # TeCoA's logits are CLIP's

@@ -73,7 +73,11 @@ class ZeroShotHead(nn.Module):
         self.class_names = list(class_names)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.logit_scale * F.normalize(features, dim=-1) @ self.text.T
+        return self.logit_scale * self.cosine(features)
+
+    def cosine(self, features: Tensor) -> Tensor:
+        """The cosine between each image embedding and each class's text embedding (the logits / logit_scale)."""
+        return F.normalize(features, dim=-1) @ self.text.T
 
 
 @dataclass
