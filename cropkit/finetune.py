@@ -13,10 +13,11 @@ trains it on adversarial examples made inside every step by PGD through the copy
   (`nn.KLDivLoss(reduction="sum")`, input log_softmax of the adversarial output, target softmax of the frozen
   original's or the clean output, gradient through both), all of it and its PGD on *cosine* logits: PMG_AFT.py
   renormalises the logit-scaled text embeddings (`multiGPU_CLIP`), so CLIP's scale cancels, and its `validate`
-  attacks and scores the same cosines. Two ports that do not work on a linear probe, kept in `investigations/
-  finetune_recipe.json`: its logits divided by 100 (CE and KLs nearly flat in the logits: clean accuracy falls
-  to about 20%) and its raw logits (the batch-summed KLs outweigh the CE by the batch size, and a constant
-  prediction, which sets both KLs to 0, wins: clean accuracy about 12%);
+  attacks and scores the same cosines. Two ports to a linear probe that do not work (`investigations/
+  pmg_aft_port.py`): its logits divided by 100, the kit's port before recipe 6 (CE and KLs nearly flat in
+  unbounded logits: clean accuracy fell to 20% at the quick profile's budget, the superseded rows of
+  `finetune_recipe.json`), and its raw logits (each batch-summed KL outweighs the batch-mean CE by the batch size,
+  and a constant prediction, which sets both KLs to 0, wins);
 - `trades`: TRADES (Zhang et al. 2019), CE(f(x), y) + beta * KL(P(x) || P(x_adv)) (batch mean), x_adv maximising
   that KL (summed) in eval mode; the AFF protocol of the adversarial contrastive learning papers (beta 6), as in
   RobustSSL_Benchmark's `trades_loss` (KL direction, reductions, one clean forward shared by CE and KL, the
