@@ -1,11 +1,12 @@
 # One command each, on a fresh machine with Python 3.11+ and access to PyPI:
-#   make reproduce   set up, then run every notebook in the quick profile (papermill)
+#   make reproduce   set up, then run every notebook in the quick profile (papermill); ONLY=00,03 for some of them
 #   make test        set up, then run the test suite (unit tests + the notebooks under nbval)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cropkit-installed
 PROFILE ?= quick
+ONLY ?=
 
 .PHONY: setup reproduce test reference lock
 
@@ -23,7 +24,7 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	@echo "setup: done ($$($(BIN)/python -c 'import torch; print("torch", torch.__version__)'); kernel 'cropkit' registered)"
 
 reproduce: setup
-	$(BIN)/cropkit reproduce --profile $(PROFILE)
+	$(BIN)/cropkit reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
 
 test: setup
 	$(BIN)/python -m pytest
