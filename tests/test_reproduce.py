@@ -111,6 +111,17 @@ def test_cli_reproduce_runs_a_notebook_end_to_end(tmp_path):
     assert (tmp_path / "figures" / "quick" / "00_accuracy_vs_eps.png").stat().st_size > 10_000
 
 
+def test_make_reproduce_passes_only_to_the_cli():
+    """`make reproduce ONLY=00` (the README's first look) runs notebook 00 alone; without ONLY, every notebook."""
+    def command(*args):
+        done = subprocess.run(["make", "-n", "reproduce", *args], cwd=project_root(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1].split()
+
+    assert command("ONLY=00")[1:] == ["reproduce", "--profile", "quick", "--only", "00"]
+    assert command()[1:] == ["reproduce", "--profile", "quick"]
+
+
 def test_cli_stops_clearly_on_a_failing_notebook(tmp_path):
     done = _cli("reproduce", "--profile", "quick", "--only", "00", "--out", str(tmp_path),
                 "-p", "dataset=no-such-dataset")
