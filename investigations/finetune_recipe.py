@@ -29,7 +29,7 @@ import torch
 
 from cropkit.attacks import pgd
 from cropkit.checkpoint import atomic_write_bytes
-from cropkit.data import load_dataset
+from cropkit.data import ImageData, load_dataset
 from cropkit.evaluate import evaluate
 from cropkit.finetune import RECIPE_VERSION, FinetuneConfig, finetune_robust
 from cropkit.pretrain import load_foundation
@@ -47,6 +47,16 @@ EPOCHS, N_TRAIN, BATCH_SIZE, N_VALIDATION, EPS = 4, 1000, 32, 300, 0.1
 # and its logits / 100 (PMG-AFT, which collapsed at every grid point).
 LOSS_CHANGED = {"tecoa": 6, "pmg-aft": 6}
 FIRST_RECIPE = 5  # the fine-tuning recipe of the runs recorded before rows carried theirs
+
+
+def split() -> tuple[ImageData, ImageData]:
+    """MNIST-5k's training split as (validation, fitting): N_VALIDATION held-out images, drawn once with seed 0, that
+    score every grid point (the test split is never looked at), and the rest to fine-tune on."""
+    train = load_dataset("mnist5k", "train")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    held_out, rest = order[:N_VALIDATION], order[N_VALIDATION:]
+    return (replace(train, images=train.images[held_out], labels=train.labels[held_out]),
+            replace(train, images=train.images[rest], labels=train.labels[rest]))
 
 
 def main() -> None:
@@ -73,10 +83,7 @@ def main() -> None:
         write(args.out, summary["grids"], summary["runs"], budget)
         return
     earlier = json.loads(args.out.read_text()) if args.append else {"grids": [], "runs": []}
-    train = load_dataset("mnist5k", "train")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    validation = replace(train, images=train.images[order[:N_VALIDATION]], labels=train.labels[order[:N_VALIDATION]])
-    fitting = replace(train, images=train.images[order[N_VALIDATION:]], labels=train.labels[order[N_VALIDATION:]])
+    validation, fitting = split()
     slf = fit_slf(None, load_foundation(args.foundation), fitting)
     starts = {"slf": slf}
     if "alf" in args.starts:

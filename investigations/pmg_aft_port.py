@@ -28,17 +28,14 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
-import torch
 from torch import Tensor, nn
 
 from cropkit import finetune
 from cropkit.attacks import pgd
 from cropkit.checkpoint import atomic_write_bytes
-from cropkit.data import load_dataset
 from cropkit.evaluate import evaluate
 from cropkit.finetune import CLIP_LOGIT_SCALE, FinetuneConfig, finetune_robust
 from cropkit.heads import CosineHead
@@ -46,8 +43,8 @@ from cropkit.models import Pipeline
 from cropkit.pretrain import load_foundation
 from cropkit.protocols import fit_slf
 from cropkit.results import provenance
+from finetune_recipe import EPS, N_VALIDATION, split  # this folder is on the path when run as a script
 
-EPS, N_VALIDATION = 0.1, 300
 
 
 class Scaled(nn.Module):
@@ -81,10 +78,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=640)
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
-    train = load_dataset("mnist5k", "train")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))  # the recipe search's split
-    validation = replace(train, images=train.images[order[:N_VALIDATION]], labels=train.labels[order[:N_VALIDATION]])
-    fitting = replace(train, images=train.images[order[N_VALIDATION:]], labels=train.labels[order[N_VALIDATION:]])
+    validation, fitting = split()  # the recipe search's
     start = fit_slf(None, load_foundation("embedded"), fitting)
     rows = []
     for name in args.variants:

@@ -114,7 +114,8 @@ def test_cli_reproduce_runs_a_notebook_end_to_end(tmp_path):
 def test_make_reproduce_passes_only_to_the_cli():
     """`make reproduce ONLY=00` (the README's first look) runs notebook 00 alone; without ONLY, every notebook."""
     def command(*args):
-        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "ONLY", "PROFILE")}  # not the caller's
+        caller = ("MAKEFLAGS", "MFLAGS", "ONLY", "PROFILE")  # a calling make's variables would leak into this one
+        env = {k: v for k, v in os.environ.items() if k not in caller}
         done = subprocess.run(["make", "-n", "reproduce", *args], cwd=project_root(), env=env, capture_output=True,
                               text=True)
         assert done.returncode == 0, done.stderr
