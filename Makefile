@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.cropkit-installed
 PROFILE ?= quick
 ONLY ?=
+SETUP_FREE_GIB ?= 8
 
 .PHONY: setup reproduce test reference lock
 
@@ -14,6 +15,10 @@ setup: $(STAMP)
 
 # The lock is the whole resolved environment, so it installs with --no-deps (see pyproject.toml for why).
 $(STAMP): requirements/lock.txt pyproject.toml
+	@free=$$(df -Pk "$(dir $(abspath $(VENV)))" | awk 'NR == 2 {print int($$4 / 1048576)}'); \
+	 [ "$$free" -ge $(SETUP_FREE_GIB) ] || { echo "setup: $$free GiB free on the disk that would hold $(VENV); the \
+	locked environment (PyTorch's CUDA build) needs about $(SETUP_FREE_GIB) GiB: free some space, or set \
+	VENV=<a folder on a larger disk>"; exit 1; }
 	@echo "setup: creating $(VENV) and installing the locked environment (a few minutes the first time)"
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -qq --upgrade pip

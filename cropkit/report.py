@@ -641,23 +641,44 @@ def commit_outputs(executed: Path, target: Path, profile: str, seconds: float | 
 
 def update_reference(profile: str, folder: Path) -> list[Path]:
     """Make the last complete run in `folder` (e.g. `results/quick`) the profile's reference: its records (runs that
-    did not finish `ok` are left out) and, for the quick profile, the executed notebooks' outputs."""
+    did not finish `ok` are left out) and, for the quick profile, the executed notebooks' outputs.
+
+    Each notebook's last run logged in `runs.jsonl` must be the one its records come from (so its executed copy
+    holds that run's outputs), must have ended `ok`, and must have run the current recipes: a folder holding older
+    runs beside a fresh `--only` run cannot pass them off as current. Nothing is written when one is not."""
     by_notebook = {name: last_run([r for r in records if "run_status" not in r])
                    for name, records in load_reference(profile, folder).items()}
     if not any(by_notebook.values()):
         raise ValueError(f"no notebook records (NN_*.jsonl) in {folder}: run `cropkit reproduce --profile {profile}`")
+    last = {run.get("notebook"): run for run in load_records(folder / RUNS_FILE)}
+    current = recipe_versions()
+    made_by, problems = {}, []
+    for name, records in by_notebook.items():
+        if not records:
+            continue
+        run = last.get(name, {})
+        if run.get("run_id") != records[0].get("run_id") or run.get("status") != "ok":
+            problems.append(f"{name}: its last run ({run.get('run_id', 'none logged')}) "
+                            f"{'ended ' + run['status'] if 'status' in run else 'is not in ' + RUNS_FILE}")
+        elif run.get("recipes") != current:
+            problems.append(f"{name}: made with recipes {run.get('recipes', 'not recorded')}")
+        made_by[name] = run
+    if problems:
+        stale = ",".join(p[:2] for p in problems)
+        raise ValueError(f"{folder} does not hold a complete current run of every notebook (the code's recipes are "
+                         f"{current}): " + "; ".join(problems) + f". Rerun them (`cropkit reproduce --profile "
+                         f"{profile} --only {stale}`), then update the reference.")
     target = reference_dir(profile)
     target.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, records in by_notebook.items():
+    for name, run in made_by.items():
         path = target / f"{name}.jsonl"
-        atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in latest(records)).encode())
+        atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                         for r in latest(by_notebook[name])).encode())
         written.append(path)
         executed = folder / f"{name}.ipynb"
         if profile == "quick" and executed.is_file():
-            runs = [r for r in load_records(folder / RUNS_FILE) if r.get("notebook") == name and r["status"] == "ok"]
-            commit_outputs(executed, project_root() / "notebooks" / f"{name}.ipynb", profile,
-                           runs[-1]["seconds"] if runs else None)
+            commit_outputs(executed, project_root() / "notebooks" / f"{name}.ipynb", profile, run["seconds"])
             written.append(project_root() / "notebooks" / f"{name}.ipynb")
     return written
 

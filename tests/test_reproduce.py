@@ -12,9 +12,11 @@ import time
 import nbformat
 import pytest
 
+from cropkit import report
 from cropkit.paths import project_root
 from cropkit.reproduce import (available_profiles, load_profile, notebook_parameters, notebook_runs,
                                numbered_notebooks, parse_overrides, plan)
+from cropkit.results import append_records, load_records, record_run
 
 
 def test_quick_profile_is_the_notebook_defaults():
@@ -109,20 +111,62 @@ def test_cli_reproduce_runs_a_notebook_end_to_end(tmp_path):
     attacked = [r for r in records if r.get("attack")]
     assert {r["attack"] for r in attacked} >= {"PGD-10", "PGD-20"} and all(r["n_examples"] == 100 for r in attacked)
     assert (tmp_path / "figures" / "quick" / "00_accuracy_vs_eps.png").stat().st_size > 10_000
+    logged = load_records(tmp_path / "results" / "quick" / "runs.jsonl")[-1]
+    assert logged["status"] == "ok" and logged["recipes"] == report.recipe_versions()  # what update_reference checks
+
+
+def test_update_reference_takes_only_complete_runs_of_the_current_recipes(tmp_path, monkeypatch):
+    """A results folder can hold older runs beside a fresh `--only` one: they are refused, and nothing is written."""
+    monkeypatch.setattr(report, "reference_dir", lambda profile: tmp_path / "reference" / profile)
+    folder = tmp_path / "results"
+
+    def run(name, run_id, status="ok", recipes=report.recipe_versions()):
+        append_records(folder / f"{name}.jsonl", [{"model": "m", "run_id": run_id, "clean_accuracy": 0.5}])
+        record_run(folder, run_id, status, notebook=name, tag=None, seconds=1.0, recipes=recipes)
+
+    run("00_a", "r1")
+    run("01_b", "r2", recipes={**report.recipe_versions(), "pretrain": 0})
+    with pytest.raises(ValueError, match=r"01_b: made with recipes .*--only 01`"):
+        report.update_reference("toy", folder)
+    assert not (tmp_path / "reference").exists()
+    run("01_b", "r3")
+    run("00_a", "r4", status="failed")  # its records are left out, and its executed copy is no longer r1's
+    with pytest.raises(ValueError, match=r"00_a: its last run \(r4\) ended failed"):
+        report.update_reference("toy", folder)
+    run("00_a", "r5")
+    append_records(folder / "02_c.jsonl", [{"model": "m", "run_id": None}])  # run by hand, not by `reproduce`
+    with pytest.raises(ValueError, match=r"02_c: its last run \(none logged\) is not in runs.jsonl"):
+        report.update_reference("toy", folder)
+    (folder / "02_c.jsonl").unlink()
+    written = report.update_reference("toy", folder)
+    assert sorted(p.name for p in written) == ["00_a.jsonl", "01_b.jsonl"]
+    assert [r["run_id"] for r in load_records(tmp_path / "reference" / "toy" / "00_a.jsonl")] == ["r5"]
+
+
+def _make(*args: str) -> subprocess.CompletedProcess:
+    caller = ("MAKEFLAGS", "MFLAGS", "ONLY", "PROFILE", "VENV")  # a calling make's variables would leak into this one
+    env = {k: v for k, v in os.environ.items() if k not in caller}
+    return subprocess.run(["make", *args], cwd=project_root(), env=env, capture_output=True, text=True, timeout=60)
 
 
 def test_make_reproduce_passes_only_to_the_cli():
     """`make reproduce ONLY=00` (the README's first look) runs notebook 00 alone; without ONLY, every notebook."""
     def command(*args):
-        caller = ("MAKEFLAGS", "MFLAGS", "ONLY", "PROFILE")  # a calling make's variables would leak into this one
-        env = {k: v for k, v in os.environ.items() if k not in caller}
-        done = subprocess.run(["make", "-n", "reproduce", *args], cwd=project_root(), env=env, capture_output=True,
-                              text=True)
+        done = _make("-n", "reproduce", *args)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip().splitlines()[-1].split()
 
     assert command("ONLY=00")[1:] == ["reproduce", "--profile", "quick", "--only", "00"]
     assert command()[1:] == ["reproduce", "--profile", "quick"]
+
+
+def test_make_setup_refuses_a_disk_without_room_before_installing(tmp_path):
+    """pip's "No space left on device" comes minutes into an install; setup says so before it starts."""
+    venv = tmp_path / "venv"
+    done = _make("setup", f"VENV={venv}", f"SETUP_FREE_GIB={10**9}")
+    assert done.returncode != 0
+    assert "GiB free on the disk that would hold" in done.stdout and "set VENV=" in done.stdout
+    assert not venv.exists()
 
 
 def test_cli_stops_clearly_on_a_failing_notebook(tmp_path):
