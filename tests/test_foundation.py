@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from transformers import ViTImageProcessor
 
 from cropkit import checkpoint, pretrain
 from cropkit.models import FoundationModel, Pipeline
+from cropkit.paths import project_root
 from cropkit.pretrain import build_mae, foundation_dir, pretrain_mae
 
 
@@ -141,3 +143,12 @@ def test_unknown_embedded_foundation_is_a_clear_error():
     with pytest.raises(ValueError, match="presets exist"):
         pretrain.load_foundation("embedded:svhn")
     assert foundation_dir(replace(pretrain.MAEConfig(), epochs=1)) != foundation_dir(pretrain.MAEConfig())
+
+
+def test_the_embedded_models_pretraining_budget_is_the_one_its_investigation_chose():
+    """The preset's epochs are the smallest budget whose linear probe is not resolved below the longest's, in the
+    committed run of `investigations/pretraining_budget.py` on this very config: change one, rerun the other."""
+    found = json.loads((project_root() / "investigations" / "pretraining_budget.json").read_text())
+    preset = asdict(pretrain.PRESETS["mnist5k"])
+    assert found["rule_chooses_epochs"] == preset["epochs"]
+    assert found["config"] == preset
