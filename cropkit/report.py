@@ -652,22 +652,19 @@ def update_reference(profile: str, folder: Path) -> list[Path]:
         raise ValueError(f"no notebook records (NN_*.jsonl) in {folder}: run `cropkit reproduce --profile {profile}`")
     last = {run.get("notebook"): run for run in load_records(folder / RUNS_FILE)}
     current = recipe_versions()
-    made_by, problems = {}, []
-    for name, records in by_notebook.items():
-        if not records:
-            continue
-        run = last.get(name, {})
-        if run.get("run_id") != records[0].get("run_id") or run.get("status") != "ok":
-            problems.append(f"{name}: its last run ({run.get('run_id', 'none logged')}) "
-                            f"{'ended ' + run['status'] if 'status' in run else 'is not in ' + RUNS_FILE}")
+    made_by = {name: last.get(name, {}) for name, records in by_notebook.items() if records}
+    problems = {}
+    for name, run in made_by.items():
+        if run.get("run_id") != by_notebook[name][0].get("run_id") or run.get("status") != "ok":
+            problems[name] = (f"its last run ({run.get('run_id', 'none logged')}) "
+                              f"{'ended ' + run['status'] if 'status' in run else 'is not in ' + RUNS_FILE}")
         elif run.get("recipes") != current:
-            problems.append(f"{name}: made with recipes {run.get('recipes', 'not recorded')}")
-        made_by[name] = run
+            problems[name] = f"made with recipes {run.get('recipes', 'not recorded')}"
     if problems:
-        stale = ",".join(p[:2] for p in problems)
         raise ValueError(f"{folder} does not hold a complete current run of every notebook (the code's recipes are "
-                         f"{current}): " + "; ".join(problems) + f". Rerun them (`cropkit reproduce --profile "
-                         f"{profile} --only {stale}`), then update the reference.")
+                         f"{current}): " + "; ".join(f"{name}: {why}" for name, why in problems.items())
+                         + f". Rerun them (`cropkit reproduce --profile {profile} --only "
+                         + ",".join(name[:2] for name in problems) + "`), then update the reference.")
     target = reference_dir(profile)
     target.mkdir(parents=True, exist_ok=True)
     written = []

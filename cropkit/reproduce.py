@@ -243,10 +243,10 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
     Each notebook run gets an id, exported as `CROPKIT_RUN_ID` to its kernel (so every record it writes carries
     it) and logged with its status and the recipe versions it ran with in `runs.jsonl` beside the records: a failed
     run's records are recognisable (`cropkit.results.load_records`), and so is a run of older recipes
-    (`cropkit.report.update_reference` refuses it). Under torchrun (`WORLD_SIZE` > 1) each process executes its share of the
-    runs on its own GPU: runs that train or reuse one cached artifact stay in one process, and the shares are
-    balanced by `cropkit plan`'s estimate. Download the data first (`cropkit download`): the processes would race
-    on one download.
+    (`cropkit.report.update_reference` refuses it). Under torchrun (`WORLD_SIZE` > 1) each process executes its
+    share of the runs on its own GPU: runs that train or reuse one cached artifact stay in one process, and the
+    shares are balanced by `cropkit plan`'s estimate. Download the data first (`cropkit download`): the processes
+    would race on one download.
     """
     import papermill
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -254,6 +254,7 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
     from cropkit.report import recipe_versions
 
     runs = plan(profile, only, overrides, out)  # the inputs first: a bad one is named before anything starts
+    recipes = recipe_versions()
     try:
         KernelSpecManager().get_kernel_spec(kernel)
     except NoSuchKernel:
@@ -270,7 +271,7 @@ def reproduce(profile: str = "quick", only: Iterable[str] | None = None, overrid
         out_dir.mkdir(parents=True, exist_ok=True)
         run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{path.stem[:2]}-{uuid.uuid4().hex[:8]}"
         details = {"notebook": path.stem, "tag": run.tag, "profile": profile, "output": str(output),
-                   "recipes": recipe_versions()}
+                   "recipes": recipes}
         record_run(out_dir, run_id, "running", **details, parameters=run.parameters)
         expected = expected_seconds(path, profile, out_dir)
         print(f"[{i}/{len(runs)}] {run.name}" + (f" (about {expected:.0f} s last time)" if expected else ""),
