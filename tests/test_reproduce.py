@@ -144,7 +144,9 @@ def test_update_reference_takes_only_complete_runs_of_the_current_recipes(tmp_pa
 
 
 def _make(*args: str) -> subprocess.CompletedProcess:
-    caller = ("MAKEFLAGS", "MFLAGS", "ONLY", "PROFILE", "VENV")  # a calling make's variables would leak into this one
+    """`make ARGS` in the project as a user would type it: under `make test`, the calling make's variables would leak
+    into this one, and its MAKELEVEL would make it print "Entering/Leaving directory" lines."""
+    caller = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ONLY", "PROFILE", "VENV")
     env = {k: v for k, v in os.environ.items() if k not in caller}
     return subprocess.run(["make", *args], cwd=project_root(), env=env, capture_output=True, text=True, timeout=60)
 
