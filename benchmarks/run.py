@@ -13,11 +13,11 @@ tables go to
   gradients; clean pass under `inference_mode`; torchattacks PGD); `evaluate` adds its structural checks, two
   forward passes and one forward-backward of 32 images per call. Naive: parameters left trainable and a hand-written PGD loop calling
   `loss.backward()`, which fills every weight's `.grad` at every step; clean pass with autograd on.
-- CRoPD training step (reconstruction + lambda L_con with FGSM-RS views). Kit: `cropkit.train.preprocessor_loss`
+- CRoPD training step (reconstruction + lambda L_con with FGSM-RS views). Kit: `cropkit.cropd.train.preprocessor_loss`
   (the FGSM takes the input's gradient only). Naive: the FGSM gradient from `loss.backward()`, which also fills
   every weight's `.grad` and backpropagates through the clean latent.
 - AFT training step (robust fine-tuning of the foundation model, PGD-3 inside). Kit:
-  `cropkit.finetune.finetune_loss` (the attack steps take the input's gradient only). Naive: the attack steps
+  `cropkit.finetune.robust.finetune_loss` (the attack steps take the input's gradient only). Naive: the attack steps
   call `loss.backward()`, computing every trainable weight's gradient at every step.
 - SLF head, per epoch. Kit: the frozen stack's features computed once (`extract_features`), then each epoch
   trains the head on the cached tensor. Naive: each epoch recomputes the features through the trainable stack,
@@ -27,7 +27,7 @@ tables go to
   products, whose share of the work grows with the model, so the speed-up does too.
 - Model FLOPs utilisation of the PGD loop (GPU only): the kit's PGD-10 (`attack_batches`, bf16 autocast) on
   ViT-MAE-Base and -Large at 224x224 (the published sizes, random weights), on the largest batch that fits
-  (`cropkit.evaluate.largest_batch`), FLOPs of one step (forward and input-gradient backward) counted by
+  (`cropkit.eval.evaluate.largest_batch`), FLOPs of one step (forward and input-gradient backward) counted by
   `torch.utils.flop_counter`, against the device's dense bf16 peak.
 """
 
@@ -47,19 +47,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import ViTMAEConfig, ViTMAEModel
 
-from cropkit import precision
-from cropkit.attacks import pgd
-from cropkit.checkpoint import atomic_write_bytes, write_json
-from cropkit.cost import measure
-from cropkit.evaluate import attack_batches, largest_batch, predict
-from cropkit.finetune import FinetuneConfig, finetune_loss, unfreeze
-from cropkit.heads import LinearHead, extract_features
-from cropkit.losses import contrastive_loss, reconstruction_loss
-from cropkit.models import FoundationModel, Pipeline
-from cropkit.models.autoencoder import ConvAutoEncoder
-from cropkit.pretrain import MAEConfig, build_mae
-from cropkit.results import device_name, library_versions
-from cropkit.train import PreprocessorConfig, preprocessor_loss
+from cropkit.core import precision
+from cropkit.core.checkpoint import atomic_write_bytes, write_json
+from cropkit.core.cost import measure
+from cropkit.cropd.autoencoders import ConvAutoEncoder
+from cropkit.cropd.config import PreprocessorConfig
+from cropkit.cropd.losses import contrastive_loss, reconstruction_loss
+from cropkit.cropd.train import preprocessor_loss
+from cropkit.eval.attacks import pgd
+from cropkit.eval.evaluate import attack_batches, largest_batch, predict
+from cropkit.eval.records import device_name, library_versions
+from cropkit.finetune.robust import FinetuneConfig, finetune_loss, unfreeze
+from cropkit.foundation import FoundationModel, Pipeline
+from cropkit.foundation.heads import LinearHead, extract_features
+from cropkit.foundation.pretrain import MAEConfig, build_mae
 
 EPS = 0.1
 

@@ -13,9 +13,9 @@ from typing import NoReturn
 
 
 def _pretrain_fm(args: argparse.Namespace) -> int:
-    from cropkit.checkpoint import read_json
-    from cropkit.pretrain import PRESETS, pretrain_mae
-    from cropkit.validate import require
+    from cropkit.core.checkpoint import read_json
+    from cropkit.core.validate import require
+    from cropkit.foundation.pretrain import PRESETS, pretrain_mae
 
     require(args.dataset in PRESETS, "--dataset", args.dataset, "no pre-training preset for it",
             f"choose one of {', '.join(sorted(PRESETS))}")
@@ -30,7 +30,8 @@ def _pretrain_fm(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from cropkit.reproduce import parse_overrides, reproduce, summary
+    from cropkit.runs.profiles import parse_overrides
+    from cropkit.runs.reproduce import reproduce, summary
 
     only = args.only.split(",") if args.only is not None else None  # --only "" is refused, not read as "all"
     runs = reproduce(args.profile, only=only, overrides=parse_overrides(args.param), kernel=args.kernel, out=args.out)
@@ -56,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
         print("cropkit: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # the command line's one boundary: no traceback for the user
-        from cropkit.validate import InputError
+        from cropkit.core.validate import InputError
 
         kind = "" if isinstance(error, InputError) else f"{type(error).__name__}: "
         text = " ".join(str(error).split()) or "(no message)"
@@ -65,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cropkit import report
+    from cropkit.runs import report
 
     if args.update_from:
         for path in report.update_reference(args.profile, args.update_from):
@@ -83,8 +84,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from cropkit.budget import calibrate, estimate
-    from cropkit.reproduce import parse_overrides
+    from cropkit.runs.budget import calibrate, estimate
+    from cropkit.runs.profiles import parse_overrides
 
     only = args.only.split(",") if args.only else None
     try:
@@ -99,8 +100,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from cropkit.budget import prefetch
-    from cropkit.reproduce import parse_overrides
+    from cropkit.runs.budget import prefetch
+    from cropkit.runs.profiles import parse_overrides
 
     only = args.only.split(",") if args.only else None
     try:

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from cropkit.checkpoint import atomic_write_bytes
-from cropkit.paths import cache_dir, data_dir, resolve, shared_data_dir
-from cropkit.validate import InputError, Summary, boolean, choice, integer, optional, require, text
+from cropkit.core.checkpoint import atomic_write_bytes
+from cropkit.core.paths import cache_dir, data_dir, resolve, shared_data_dir
+from cropkit.core.validate import InputError, Summary, boolean, choice, integer, optional, require, text
 
 SPLITS = ("train", "test")
 EMBEDDED = ("mnist5k", "digits")
@@ -259,7 +259,7 @@ def _pil_transform(image_size: int):
 
 
 def _stack_pil_dataset(dataset: object) -> tuple[Tensor, Tensor]:
-    from cropkit.progress import bar as progress_bar
+    from cropkit.core.progress import bar as progress_bar
 
     items = [dataset[i] for i in progress_bar(range(len(dataset)), desc="decoding images", leave=False)]  # type: ignore[arg-type]
     images = torch.stack([img.expand(3, -1, -1) for img, _ in items])  # grayscale files become RGB

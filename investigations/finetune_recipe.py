@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from cropkit.attacks import pgd
-from cropkit.checkpoint import atomic_write_bytes
+from cropkit.core.checkpoint import atomic_write_bytes
 from cropkit.data import ImageData, load_dataset
-from cropkit.evaluate import evaluate
-from cropkit.finetune import RECIPE_VERSION, FinetuneConfig, finetune_robust
-from cropkit.pretrain import load_foundation
-from cropkit.protocols import fit_alf, fit_slf
-from cropkit.results import provenance
+from cropkit.eval.attacks import pgd
+from cropkit.eval.evaluate import evaluate
+from cropkit.eval.protocols import fit_alf, fit_slf
+from cropkit.eval.records import provenance
+from cropkit.finetune.robust import RECIPE_VERSION, FinetuneConfig, finetune_robust
+from cropkit.foundation.pretrain import load_foundation
 
 METHODS = ("aft", "tecoa", "pmg-aft")
 STARTS = ("slf", "alf")

@@ -1,4 +1,4 @@
-"""Why TeCoA and PMG-AFT train on the fixed head's cosine logits (`cropkit.finetune`, fine-tuning recipe 6): the
+"""Why TeCoA and PMG-AFT train on the fixed head's cosine logits (`cropkit.finetune.robust`, fine-tuning recipe 6): the
 ports to a linear probe that do not work, and what breaks them, at a small budget.
 
     python investigations/pmg_aft_port.py [--n-train 640] [--epochs 2] [--out investigations/pmg_aft_port.json]
@@ -31,20 +31,19 @@ from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
+from finetune_recipe import EPS, N_VALIDATION, split  # this folder is on the path when run as a script
 from torch import Tensor, nn
 
-from cropkit import finetune
-from cropkit.attacks import pgd
-from cropkit.checkpoint import atomic_write_bytes
-from cropkit.evaluate import evaluate
-from cropkit.finetune import CLIP_LOGIT_SCALE, FinetuneConfig, finetune_robust
-from cropkit.heads import CosineHead
-from cropkit.models import Pipeline
-from cropkit.pretrain import load_foundation
-from cropkit.protocols import fit_slf
-from cropkit.results import provenance
-from finetune_recipe import EPS, N_VALIDATION, split  # this folder is on the path when run as a script
-
+from cropkit.core.checkpoint import atomic_write_bytes
+from cropkit.eval.attacks import pgd
+from cropkit.eval.evaluate import evaluate
+from cropkit.eval.protocols import fit_slf
+from cropkit.eval.records import provenance
+from cropkit.finetune import robust as finetune
+from cropkit.finetune.robust import CLIP_LOGIT_SCALE, FinetuneConfig, finetune_robust
+from cropkit.foundation import Pipeline
+from cropkit.foundation.heads import CosineHead
+from cropkit.foundation.pretrain import load_foundation
 
 
 class Scaled(nn.Module):

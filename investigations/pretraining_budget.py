@@ -16,13 +16,13 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from cropkit.checkpoint import write_json
+from cropkit.core.checkpoint import write_json
 from cropkit.data import load_dataset
-from cropkit.heads import extract_features, train_linear_head
-from cropkit.models import FoundationModel
-from cropkit.pretrain import PRESETS, pretrain_mae
-from cropkit.results import provenance
-from cropkit.stats import compare, format_accuracy, wilson_interval
+from cropkit.eval.records import provenance
+from cropkit.eval.stats import compare, format_accuracy, wilson_interval
+from cropkit.foundation import FoundationModel
+from cropkit.foundation.heads import extract_features, train_linear_head
+from cropkit.foundation.pretrain import PRESETS, pretrain_mae
 
 
 def main() -> None:

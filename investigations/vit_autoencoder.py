@@ -12,7 +12,7 @@ latents); how far it moves the pooled latent and the unpooled encoder output the
 positions, the ViT's patch tokens), each relative to how far apart different images are there (`shift`: mean
 distance clean-attacked over mean distance to the batch mean, per position; a ViT token's position embedding
 cancels in both); the same shift of the foundation model's pooled features, which the head reads; and how alike
-different images' latents are (`cropkit.theory.latent_similarity`).
+different images' latents are (`cropkit.cropd.bound.latent_similarity`).
 
 To say which half sends the perturbation where the foundation model reads it, `--architectures` also takes the two
 halves swapped (`vit-enc+conv-dec`, `conv-enc+vit-dec`): on MNIST's 28x28 both encoders give a 7x7 grid of
@@ -22,7 +22,7 @@ the `vit` auto-encoder with L_con on all its patch tokens at once (its `latent` 
 of their mean. These variants are not kit architectures: the script trains them with `train_preprocessor`'s own
 loop (`build_autoencoder` swapped in) under a scratch cache, as their configs name them like the originals.
 Each variant is compared with both originals at the same epochs by the paired test on the same images
-(`cropkit.stats.compare` on the per-example PGD-10 outcomes, which the JSON keeps).
+(`cropkit.eval.stats.compare` on the per-example PGD-10 outcomes, which the JSON keeps).
 """
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cropkit import train as train_module
-from cropkit.attacks import pgd
+from cropkit.cropd import train as train_module
+from cropkit.cropd.autoencoders import ConvAutoEncoder, ViTAutoEncoder
+from cropkit.cropd.bound import latent_similarity
+from cropkit.cropd.config import PreprocessorConfig
+from cropkit.cropd.train import psnr, train_preprocessor
 from cropkit.data import load_dataset
-from cropkit.models.autoencoder import ConvAutoEncoder, ViTAutoEncoder
-from cropkit.pretrain import load_foundation
-from cropkit.protocols import fit_slf
-from cropkit.results import encode_outcomes, provenance
-from cropkit.stats import compare, format_accuracy, wilson_interval
-from cropkit.theory import latent_similarity
-from cropkit.train import PreprocessorConfig, psnr, train_preprocessor
+from cropkit.eval.attacks import pgd
+from cropkit.eval.protocols import fit_slf
+from cropkit.eval.records import encode_outcomes, provenance
+from cropkit.eval.stats import compare, format_accuracy, wilson_interval
+from cropkit.foundation.pretrain import load_foundation
 
 EPS = 0.1
 SWAPPED = ("vit-enc+conv-dec", "conv-enc+vit-dec")

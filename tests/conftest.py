@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # keep test logs readable
 
-from cropkit.pretrain import MAEConfig  # noqa: E402
+from cropkit.foundation.pretrain import MAEConfig  # noqa: E402
 
 # A tiny model: 16 patches of 7x7, one layer; one epoch on MNIST-5k takes about a second.
 TINY = MAEConfig(patch_size=7, hidden_size=32, num_layers=1, num_heads=2, decoder_hidden_size=16,
@@ -21,7 +21,8 @@ TINY = MAEConfig(patch_size=7, hidden_size=32, num_layers=1, num_heads=2, decode
 def no_cached_measurements(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every unit test starts without cached attack outcomes or bound terms, so each `evaluate` and `bound_terms`
     in it measures (and none writes into the user's cache)."""
-    from cropkit import evaluate, theory
+    from cropkit.cropd import bound as theory
+    from cropkit.eval import evaluate
 
     outcomes, terms = tmp_path_factory.mktemp("evaluations"), tmp_path_factory.mktemp("bound-terms")
     monkeypatch.setattr(evaluate, "outcomes_dir", lambda: outcomes)
@@ -41,7 +42,7 @@ def tiny_config() -> MAEConfig:
 @pytest.fixture(scope="session")
 def tiny_foundation_dir(tiny_cache: str):
     """A tiny ViT-MAE pre-trained for two epochs with the kit's own pre-training, saved with save_pretrained."""
-    from cropkit.pretrain import pretrain_mae
+    from cropkit.foundation.pretrain import pretrain_mae
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CROPKIT_CACHE", tiny_cache)
@@ -50,7 +51,7 @@ def tiny_foundation_dir(tiny_cache: str):
 
 @pytest.fixture(scope="session")
 def tiny_foundation(tiny_foundation_dir):
-    from cropkit.models import FoundationModel
+    from cropkit.foundation import FoundationModel
 
     return FoundationModel.from_pretrained(tiny_foundation_dir, pooling="mean")
 
@@ -67,8 +68,8 @@ def l_con_of_input(mnist):
     """(encoder model, 64 test images, L_con of perturbed images against their clean latents): a loss to attack."""
     import torch
 
-    from cropkit.losses import contrastive_loss
-    from cropkit.models.autoencoder import ConvAutoEncoder
+    from cropkit.cropd.autoencoders import ConvAutoEncoder
+    from cropkit.cropd.losses import contrastive_loss
 
     torch.manual_seed(0)
     model = ConvAutoEncoder(1, 8, 16)
@@ -80,8 +81,8 @@ def l_con_of_input(mnist):
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_foundation, mnist):
     """Identity pre-processor + tiny foundation model + linear head fitted on MNIST-5k features."""
-    from cropkit.heads import extract_features, train_linear_head
-    from cropkit.models import Pipeline
+    from cropkit.foundation import Pipeline
+    from cropkit.foundation.heads import extract_features, train_linear_head
 
     train, _ = mnist
     x, y = train.tensors()
@@ -91,9 +92,9 @@ def tiny_pipeline(tiny_foundation, mnist):
 
 def random_architecture():
     """Identity, the tiny ViT-MAE with its seeded random weights, and an unfitted 10-class linear head."""
-    from cropkit.heads import LinearHead
-    from cropkit.models import FoundationModel, Pipeline
-    from cropkit.pretrain import build_mae
+    from cropkit.foundation import FoundationModel, Pipeline
+    from cropkit.foundation.heads import LinearHead
+    from cropkit.foundation.pretrain import build_mae
 
     foundation = FoundationModel(build_mae(TINY, num_channels=1).vit, [0.5], [0.5])
     return Pipeline(None, foundation, LinearHead(foundation.feature_dim, 10))
@@ -103,7 +104,7 @@ def random_architecture():
 def random_pipeline():
     """`random_architecture` with its head fitted on the digits (seconds, no pre-training)."""
     from cropkit.data import load_dataset
-    from cropkit.heads import extract_features, train_linear_head
+    from cropkit.foundation.heads import extract_features, train_linear_head
 
     pipeline = random_architecture()
     x, y = load_dataset("digits", "train").tensors()
@@ -114,7 +115,7 @@ def random_pipeline():
 @pytest.fixture
 def interrupted_after_first_checkpoint(monkeypatch):
     """A context manager in which training dies (KeyboardInterrupt) right after writing its first checkpoint."""
-    from cropkit import checkpoint
+    from cropkit.core import checkpoint
 
     real_save = checkpoint.save_training_state
 

@@ -14,14 +14,15 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import random_architecture  # this script's folder, tests/, is on the path
 
-from cropkit import checkpoint, distributed
-from cropkit.attacks import AttackSpec, pgd
-from cropkit.checkpoint import load_weights
+from conftest import random_architecture  # this script's folder, tests/, is on the path
+from cropkit.core import checkpoint, distributed
+from cropkit.core.checkpoint import load_weights
+from cropkit.cropd.config import PreprocessorConfig
+from cropkit.cropd.train import train_preprocessor
 from cropkit.data import load_dataset
-from cropkit.evaluate import evaluate
-from cropkit.train import PreprocessorConfig, train_preprocessor
+from cropkit.eval.attacks import AttackSpec, pgd
+from cropkit.eval.evaluate import evaluate
 
 # 1437 digits in batches of 128: the last batch of 29 splits 14 / 15, so the shards are uneven.
 CONFIG = PreprocessorConfig(dataset="digits", width=8, latent_channels=16, epochs=2, batch_size=128, lam=1.0)

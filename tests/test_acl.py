@@ -6,15 +6,23 @@ import pytest
 import torch
 from torch import nn
 
-from cropkit import acl, rcs
-from cropkit.acl import (ACLConfig, RCSConfig, build_model, pretrain_acl, select_coreset, training_loss,
-                         untrained_encoder)
-from cropkit.augment import augment, dynacl_strength
-from cropkit.contrastive import acl_loss, air, air_objective, dynacl_weight, nt_xent, representational_divergence, sir
-from cropkit.losses import linf_ascent
-from cropkit.models import Pipeline
-from cropkit.models.resnet import ACLModel, DualBatchNorm, ResNet
-from cropkit.rcs import greedy_batch_selection
+from cropkit.acl import pretrain as acl
+from cropkit.acl import rcs
+from cropkit.acl.augment import augment, dynacl_strength
+from cropkit.acl.losses import acl_loss, air, air_objective, dynacl_weight, nt_xent, representational_divergence, sir
+from cropkit.acl.pretrain import (
+    ACLConfig,
+    RCSConfig,
+    build_model,
+    pretrain_acl,
+    select_coreset,
+    training_loss,
+    untrained_encoder,
+)
+from cropkit.acl.rcs import greedy_batch_selection
+from cropkit.acl.resnet import ACLModel, DualBatchNorm, ResNet
+from cropkit.eval.ascent import linf_ascent
+from cropkit.foundation import Pipeline
 
 TINY = dict(dataset="mnist5k", width=2, blocks_per_stage=1, batch_size=16, eps=0.1, warmup_epochs=0, seed=0)
 

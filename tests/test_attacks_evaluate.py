@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 import pytest
 import torch
 import torchattacks
 
-from cropkit import attacks
-from cropkit.attacks import AttackSpec, pgd, validate_eps
-from cropkit.evaluate import attack_batches, evaluate, predict
-from cropkit.results import load_records
+from cropkit.eval import attacks
+from cropkit.eval.attacks import AttackSpec, pgd, validate_eps
+from cropkit.eval.evaluate import attack_batches, evaluate, predict
+from cropkit.eval.records import load_records
 
 PROVENANCE = {"model", "setup", "dataset", "split", "n_examples", "threat_model", "eps", "attack", "attack_settings",
               "implementation", "seed", "clean_accuracy", "robust_accuracy", "runtime_s", "audit", "device", "versions",
@@ -146,8 +145,8 @@ def test_evaluate_records_carry_provenance_and_append(tiny_pipeline, mnist, tmp_
 
 
 def test_records_keep_intervals_outcomes_and_the_worst_case_over_attacks(tiny_pipeline, mnist):
-    from cropkit.results import compare_records, outcomes, worst_case
-    from cropkit.stats import wilson_interval
+    from cropkit.eval.records import compare_records, outcomes, worst_case
+    from cropkit.eval.stats import wilson_interval
 
     test = mnist[1].take(96)
     specs = [pgd(0.05, steps=3), AttackSpec("fgsm", 0.05), pgd(0.05, steps=1, random_start=False)]
@@ -176,8 +175,8 @@ def test_records_keep_intervals_outcomes_and_the_worst_case_over_attacks(tiny_pi
 def test_attack_outcomes_are_replayed_for_the_same_model_and_examples_only(tiny_pipeline, mnist, monkeypatch):
     import copy
 
-    from cropkit import evaluate as evaluation
-    from cropkit.validate import CorruptFileError
+    from cropkit.core.validate import CorruptFileError
+    from cropkit.eval import evaluate as evaluation
 
     test, specs = mnist[1].take(64), [pgd(0.05, steps=3), AttackSpec("fgsm", 0.05)]
     first = evaluate(tiny_pipeline, test, specs, model_name="identity")
@@ -199,7 +198,7 @@ def test_attack_outcomes_are_replayed_for_the_same_model_and_examples_only(tiny_
 
 
 def test_precision_switch_forces_fp32_and_is_recorded(tiny_pipeline, mnist, monkeypatch):
-    from cropkit import precision
+    from cropkit.core import precision
 
     seen = []
     real = precision.autocast

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from cropkit import audit
-from cropkit.evaluate import evaluate
-from cropkit.models import Pipeline
+from cropkit.eval import audit
+from cropkit.eval.evaluate import evaluate
+from cropkit.foundation import Pipeline
 
 
 class Rounding(nn.Module):
@@ -78,7 +78,7 @@ def test_structural_checks_catch_train_mode_randomness_and_probabilities(tiny_pi
 
 
 def test_every_evaluation_record_carries_an_audit_verdict(tiny_pipeline, audit_data):
-    from cropkit.attacks import pgd
+    from cropkit.eval.attacks import pgd
 
     (record,) = evaluate(tiny_pipeline, audit_data.take(32), [pgd(0.1, 2)], model_name="identity")
     assert record["audit"] == {"level": "structural", "passed": True, "failed": []}

@@ -1,7 +1,7 @@
 """Bad inputs and faults (issue 15): refused before work starts, naming the parameter, the value and what to do;
 nothing written is ever lost.
 
-Each parametrised case was, before `cropkit.validate`, accepted silently (a wrong or meaningless result), or
+Each parametrised case was, before `cropkit.core.validate`, accepted silently (a wrong or meaningless result), or
 refused from deep inside torch / transformers / safetensors with a message that named neither the parameter nor
 the fix. The fault tests damage what the kit wrote (a torn results file, a truncated cache or checkpoint, a
 rewritten dataset, an interrupted run) and check that every good record and every trained model survives.
@@ -22,21 +22,22 @@ import numpy as np
 import pytest
 import torch
 
-from cropkit import results as results_module
-from cropkit.acl import ACLConfig, RCSConfig
-from cropkit.attacks import AttackSpec, pgd
-from cropkit.checkpoint import save_weights
+from cropkit.acl.pretrain import ACLConfig, RCSConfig
+from cropkit.core.checkpoint import save_weights
+from cropkit.core.paths import project_root
+from cropkit.core.validate import AttackOutputError, CorruptFileError, InputError, check_adversarial
+from cropkit.cropd.config import PreprocessorConfig
+from cropkit.cropd.train import train_preprocessor
 from cropkit.data import ImageData, load_dataset
-from cropkit.evaluate import attack_batches, evaluate
-from cropkit.finetune import FinetuneConfig, finetune_robust
-from cropkit.heads import LinearHead
-from cropkit.models import FoundationModel, Pipeline
-from cropkit.paths import project_root
-from cropkit.pretrain import MAEConfig, load_foundation, pretrain_mae
-from cropkit.protocols import fit_alf
-from cropkit.results import RecordsWarning, append_records, load_records, rejected_path
-from cropkit.train import PreprocessorConfig, train_preprocessor
-from cropkit.validate import AttackOutputError, CorruptFileError, InputError, check_adversarial
+from cropkit.eval import records as results_module
+from cropkit.eval.attacks import AttackSpec, pgd
+from cropkit.eval.evaluate import attack_batches, evaluate
+from cropkit.eval.protocols import fit_alf
+from cropkit.eval.records import RecordsWarning, append_records, load_records, rejected_path
+from cropkit.finetune.robust import FinetuneConfig, finetune_robust
+from cropkit.foundation import FoundationModel, Pipeline
+from cropkit.foundation.heads import LinearHead
+from cropkit.foundation.pretrain import MAEConfig, load_foundation, pretrain_mae
 
 
 def write_npz(path: Path, x: np.ndarray | None = None, y: np.ndarray | None = None,
@@ -289,12 +290,12 @@ def test_cli_errors_are_one_line_with_status_2(capsys, no_notebook_runs, argv, n
 
 
 def test_cli_unexpected_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
-    import cropkit.pretrain
+    import cropkit.foundation.pretrain
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(cropkit.pretrain, "pretrain_mae", crash)
+    monkeypatch.setattr(cropkit.foundation.pretrain, "pretrain_mae", crash)
     monkeypatch.delenv("CROPKIT_DEBUG", raising=False)
     status, err = _cli(capsys, "pretrain-fm", "--epochs", "1")
     assert status == 2 and err.strip() == ("cropkit pretrain-fm: error: RuntimeError: disk on fire second line "
@@ -316,7 +317,7 @@ def test_cli_process_prints_no_traceback():
 
 
 def test_fractions_on_the_command_line_are_numbers():
-    from cropkit.reproduce import parse_overrides, plan
+    from cropkit.runs.profiles import parse_overrides, plan
 
     assert parse_overrides(["eps=8/255", "eps_grid=[0, 2/255]"]) == {"eps": 8 / 255, "eps_grid": [0, 2 / 255]}
     (run,) = plan("quick", only=["00"], overrides=parse_overrides(["eps=8/255"]))
@@ -377,7 +378,7 @@ def test_records_of_a_failed_notebook_run_are_recognisable(tmp_path, monkeypatch
     import papermill
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from cropkit.reproduce import reproduce
+    from cropkit.runs.reproduce import reproduce
 
     def notebook_that_fails_halfway(source, output, parameters, **kwargs):
         records = Path(parameters["results_dir"]) / "records.jsonl"
@@ -408,10 +409,10 @@ TINY_AE = PreprocessorConfig(dataset="digits", width=4, latent_channels=8, epoch
 @pytest.fixture
 def few_digits(monkeypatch):
     """Pre-processor training reads 64 images per split (seconds, not minutes, on a loaded 2-core CPU)."""
-    import cropkit.train
+    import cropkit.cropd.train
 
-    real = cropkit.train.load_dataset
-    monkeypatch.setattr(cropkit.train, "load_dataset", lambda *args, **kwargs: real(*args, **kwargs).take(64))
+    real = cropkit.cropd.train.load_dataset
+    monkeypatch.setattr(cropkit.cropd.train, "load_dataset", lambda *args, **kwargs: real(*args, **kwargs).take(64))
 
 
 def test_truncated_cached_model_names_the_file_and_force_recovers(tmp_path, monkeypatch, few_digits):
@@ -431,7 +432,7 @@ def test_truncated_cached_model_names_the_file_and_force_recovers(tmp_path, monk
 def test_truncated_saved_config_names_the_file(tmp_path):
     save_weights(LinearHead(4, 3), tmp_path / "head", {"num_classes": 3})
     (tmp_path / "head" / "config.json").write_text('{"num_cla')
-    from cropkit.checkpoint import load_weights
+    from cropkit.core.checkpoint import load_weights
 
     with pytest.raises(CorruptFileError, match=r"config\.json.*delete the folder"):
         load_weights(LinearHead(4, 3), tmp_path / "head")
@@ -440,7 +441,7 @@ def test_truncated_saved_config_names_the_file(tmp_path):
 def test_damaged_foundation_cache_names_the_folder_and_the_rebuild(tmp_path, tiny_config):
     from transformers import ViTImageProcessor
 
-    from cropkit.pretrain import build_mae
+    from cropkit.foundation.pretrain import build_mae
 
     folder = tmp_path / "fm"
     build_mae(tiny_config, num_channels=1).save_pretrained(folder)

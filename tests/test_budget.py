@@ -9,13 +9,14 @@ import re
 import pytest
 import torch
 
-from cropkit.attacks import pgd
-from cropkit.budget import facts, passes
 from cropkit.__main__ import main
-from cropkit.budget import calibrate, estimate
+from cropkit.cropd.config import PreprocessorConfig
+from cropkit.cropd.train import preprocessor_dir
 from cropkit.data import load_dataset
-from cropkit.reproduce import available_profiles, reproduce
-from cropkit.train import PreprocessorConfig, preprocessor_dir
+from cropkit.eval.attacks import pgd
+from cropkit.runs.budget import calibrate, estimate, facts, passes
+from cropkit.runs.profiles import available_profiles
+from cropkit.runs.reproduce import reproduce
 
 PAPER_RUNS = ["00_quickstart", "01_theory_bound"] + [
     f"02_main_results:{d}" for d in ("cifar10", "cifar100", "svhn", "cifar2", "imagenette", "tiny-imagenet")] + [
@@ -122,7 +123,8 @@ def test_torchrun_shares_keep_shared_training_on_one_gpu(monkeypatch):
             "08_robustness_audit"} <= set(together)
     assert {"06_robust_finetuning", "07_cost"} <= set(next(q for q in names if "07_cost" in q))  # fine-tuned models
     assert plan.makespan(8) <= plan.makespan(2) < plan.seconds()
-    from cropkit.reproduce import _torchrun_share, plan as runs_of
+    from cropkit.runs.profiles import plan as runs_of
+    from cropkit.runs.reproduce import _torchrun_share
 
     monkeypatch.setenv("WORLD_SIZE", "8")
     monkeypatch.setenv("RANK", "1")

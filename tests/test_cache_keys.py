@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cropkit import acl, finetune, pretrain, train
+from cropkit.acl import pretrain as acl
+from cropkit.cropd import train
 from cropkit.data import load_dataset
-from cropkit.finetune import FinetuneConfig
+from cropkit.finetune import robust as finetune
+from cropkit.finetune.robust import FinetuneConfig
+from cropkit.foundation import pretrain
 
 
 def write_npz(path, seed: int) -> None:

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from transformers import ViTMAEConfig, ViTMAEModel
 
-from cropkit.cost import measure, total, trainable_parameters, vit_forward_flops
-from cropkit.losses import linf_ascent
+from cropkit.core.cost import measure, total, trainable_parameters, vit_forward_flops
+from cropkit.eval.ascent import linf_ascent
 
 
 def test_linear_and_conv_flops_match_the_hand_count():

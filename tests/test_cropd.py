@@ -9,16 +9,24 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from cropkit.attacks import AttackSpec, pgd
-from cropkit.checkpoint import cache_key
+from cropkit.core.checkpoint import cache_key
+from cropkit.cropd import train as train_module
+from cropkit.cropd.autoencoders import ConvAutoEncoder, ViTAutoEncoder, build_autoencoder, parameter_fraction
+from cropkit.cropd.config import RECIPE_VERSION, PreprocessorConfig
+from cropkit.cropd.losses import contrastive_loss, reconstruction_loss
+from cropkit.cropd.train import (
+    epochs_for_steps,
+    preprocessor_dir,
+    psnr,
+    train_preprocessor,
+    training_split,
+    warn_if_collapsed,
+)
 from cropkit.data import load_dataset
-from cropkit.losses import contrastive_loss, fgsm_rs, reconstruction_loss
-from cropkit.models import FoundationModel
-from cropkit.models.autoencoder import ConvAutoEncoder, ViTAutoEncoder, build_autoencoder, parameter_fraction
-from cropkit.protocols import fit_alf, fit_slf
-from cropkit import train as train_module
-from cropkit.train import (RECIPE_VERSION, PreprocessorConfig, epochs_for_steps, preprocessor_dir, psnr,
-                           train_preprocessor, training_split, warn_if_collapsed)
+from cropkit.eval.ascent import fgsm_rs
+from cropkit.eval.attacks import AttackSpec, pgd
+from cropkit.eval.protocols import fit_alf, fit_slf
+from cropkit.foundation import FoundationModel
 
 TINY_AE = PreprocessorConfig(dataset="digits", width=8, latent_channels=16, epochs=2, batch_size=32, lam=1.0)
 
@@ -185,7 +193,7 @@ def test_slf_and_alf_change_only_the_head(tiny_foundation, mnist):
 
 
 def test_alf_heads_are_cached_by_start_data_and_attack(tiny_pipeline, mnist, monkeypatch, tmp_path):
-    from cropkit import protocols
+    from cropkit.eval import protocols
 
     monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
     train = mnist[0].take(64)

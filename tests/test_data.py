@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from cropkit.core.paths import shared_data_dir
 from cropkit.data import DatasetUnavailableError, ImageData, available_datasets, load_dataset
-from cropkit.paths import shared_data_dir
 
 
 def test_mnist5k_fixed_stratified_split(mnist):

@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-from cropkit.paths import project_root
+from cropkit.core.paths import project_root
 
 ROOT = project_root()
 

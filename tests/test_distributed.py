@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import cropkit
-from cropkit import checkpoint, distributed
-from cropkit.checkpoint import save_weights
-from cropkit.evaluate import evaluate
-from cropkit.losses import contrastive_loss
-from cropkit.train import train_preprocessor
+from cropkit.core import checkpoint, distributed
+from cropkit.core.checkpoint import save_weights
+from cropkit.cropd.losses import contrastive_loss
+from cropkit.cropd.train import train_preprocessor
+from cropkit.eval.evaluate import evaluate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distributed_worker import ATTACKS, CONFIG, EVAL_BATCH, eval_data  # noqa: E402

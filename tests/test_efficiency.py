@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cropkit import distributed, precision
-from cropkit.attacks import pgd
+from cropkit.core import distributed, precision
 from cropkit.data import load_dataset
-from cropkit.evaluate import attack_batches, evaluate, fitting_batch, largest_batch, predict
-from cropkit.heads import extract_features
+from cropkit.eval.attacks import pgd
+from cropkit.eval.evaluate import attack_batches, evaluate, fitting_batch, largest_batch, predict
+from cropkit.foundation.heads import extract_features
 
 EPS = 0.002  # the random-feature pipeline is far from robust: PGD at this radius leaves about a third of the digits
 

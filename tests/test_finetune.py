@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cropkit import finetune
-from cropkit.finetune import FinetuneConfig, finetune_loss, finetune_robust, kl_divergence, method_pipeline
-from cropkit.heads import CosineHead
-from cropkit.models import Pipeline
-from cropkit.models.clip import TEMPLATE, load_clip
-from cropkit.validate import InputError
+from cropkit.core.validate import InputError
+from cropkit.finetune import robust as finetune
+from cropkit.finetune.robust import FinetuneConfig, finetune_loss, finetune_robust, kl_divergence, method_pipeline
+from cropkit.foundation import Pipeline
+from cropkit.foundation.clip import TEMPLATE, load_clip
+from cropkit.foundation.heads import CosineHead
 
 
 @pytest.fixture
@@ -186,8 +186,8 @@ def test_notebooks_fine_tune_with_the_recipe_the_search_chose():
     import ast
     import json
 
-    from cropkit.paths import project_root
-    from cropkit.reproduce import notebook_parameters, numbered_notebooks
+    from cropkit.core.paths import project_root
+    from cropkit.runs.profiles import notebook_parameters, numbered_notebooks
 
     chosen = json.loads((project_root() / "investigations" / "finetune_recipe.json").read_text())["chosen"]
     for path in numbered_notebooks():

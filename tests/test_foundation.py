@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import ViTImageProcessor
 
-from cropkit import checkpoint, pretrain
-from cropkit.models import FoundationModel, Pipeline
-from cropkit.paths import project_root
-from cropkit.pretrain import build_mae, foundation_dir, pretrain_mae
+from cropkit.core import checkpoint
+from cropkit.core.paths import project_root
+from cropkit.foundation import FoundationModel, Pipeline, pretrain
+from cropkit.foundation.pretrain import build_mae, foundation_dir, pretrain_mae
 
 
 def test_features_are_bit_identical_across_calls(tiny_foundation, mnist):

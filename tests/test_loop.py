@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cropkit.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
+from cropkit.core.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
 
 
 def test_shuffled_batches_cover_every_index_once_and_follow_the_generator():
@@ -57,7 +57,8 @@ def test_running_means_weight_each_batch_by_its_examples():
 
 def test_snapshots_keep_every_epochs_weights_and_a_cached_run_serves_them(tmp_path, monkeypatch):
     """The frontier of notebook 07 reads a run's budgets from its per-epoch weights instead of retraining them."""
-    from cropkit.train import PreprocessorConfig, train_preprocessor
+    from cropkit.cropd.config import PreprocessorConfig
+    from cropkit.cropd.train import train_preprocessor
 
     monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path))
     config = PreprocessorConfig(dataset="digits", width=4, latent_channels=8, epochs=3, batch_size=256)

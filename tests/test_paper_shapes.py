@@ -9,15 +9,16 @@ import pytest
 import torch
 from miniature import CIFAR10_CLASSES, class_level, skip_checksums, write_cifar10, write_cifar100, write_svhn
 
-from cropkit import budget, precision
-from cropkit.budget import facts, passes
-from cropkit.attacks import AttackSpec, pgd
+from cropkit.core import precision
+from cropkit.cropd.autoencoders import autoencoder_parameters, build_autoencoder, grid_patch_size
 from cropkit.data import DatasetUnavailableError, load_dataset
-from cropkit.heads import LinearHead
-from cropkit.models import FoundationModel, Pipeline
-from cropkit.models.autoencoder import autoencoder_parameters, build_autoencoder, grid_patch_size
-from cropkit.pretrain import load_foundation
-from cropkit.protocols import fit_alf
+from cropkit.eval.attacks import pgd
+from cropkit.eval.protocols import fit_alf
+from cropkit.foundation import FoundationModel, Pipeline
+from cropkit.foundation.heads import LinearHead
+from cropkit.foundation.pretrain import load_foundation
+from cropkit.runs import budget
+from cropkit.runs.budget import facts, passes
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ import os
 import pytest
 from miniature import sitecustomize
 
-from cropkit.reproduce import plan, reproduce
+from cropkit.runs.profiles import plan
+from cropkit.runs.reproduce import reproduce
 
 # The profile's original AutoAttack runs at its fixed strength (100 steps, Square's 5,000 queries: ten minutes on
 # this CPU even at these sizes), so the smoke run takes its gradient component (APGD-CE, 10 steps); the composition

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
-from cropkit.models import FoundationModel
-from cropkit.models.autoencoder import build_autoencoder
-from cropkit.pretrain import build_mae
-from cropkit.pretrained import FoundationMismatchError, from_pretrained, load_records
-from cropkit.train import PreprocessorConfig, TrainedPreprocessor
+from conftest import TINY
+from cropkit.cropd.autoencoders import build_autoencoder
+from cropkit.cropd.config import PreprocessorConfig
+from cropkit.cropd.pretrained import FoundationMismatchError, TrainedPreprocessor, from_pretrained, load_records
+from cropkit.foundation import FoundationModel
+from cropkit.foundation.pretrain import build_mae
 
 
 def _foundation(seed: int) -> FoundationModel:

@@ -8,9 +8,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cropkit import report
-from cropkit.paths import output_root, project_root
-from cropkit.reproduce import numbered_notebooks
+from cropkit.core.paths import output_root, project_root
+from cropkit.runs import report
+from cropkit.runs.profiles import numbered_notebooks
 
 PROFILE = "quick"
 

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from cropkit import report
-from cropkit.results import accuracy_fields, encode_outcomes
+from cropkit.eval.records import accuracy_fields, encode_outcomes
+from cropkit.runs import report
 
 N = 100
 
@@ -125,8 +125,8 @@ def test_resolution_when_every_discordant_example_goes_one_way():
 
 
 def test_rendering_summaries_does_not_load_nbformat():
-    """Every notebook imports `cropkit.report` for its summary; nbformat loads jsonschema, whose URI grammar alone
+    """Every notebook imports `cropkit.runs.report` for its summary; nbformat loads jsonschema, whose URI grammar alone
     takes 3 s of each kernel's start, so only the functions that write notebooks import it."""
-    code = "import sys, cropkit.report; sys.exit(sorted({'nbformat', 'jsonschema'} & set(sys.modules)) or None)"
+    code = "import sys, cropkit.runs.report; sys.exit(sorted({'nbformat', 'jsonschema'} & set(sys.modules)) or None)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

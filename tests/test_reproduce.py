@@ -12,11 +12,18 @@ import time
 import nbformat
 import pytest
 
-from cropkit import report
-from cropkit.paths import project_root
-from cropkit.reproduce import (available_profiles, load_profile, notebook_parameters, notebook_runs,
-                               numbered_notebooks, parse_overrides, plan)
-from cropkit.results import append_records, load_records, record_run
+from cropkit.core.paths import project_root
+from cropkit.eval.records import append_records, load_records, record_run
+from cropkit.runs import report
+from cropkit.runs.profiles import (
+    available_profiles,
+    load_profile,
+    notebook_parameters,
+    notebook_runs,
+    numbered_notebooks,
+    parse_overrides,
+    plan,
+)
 
 
 def test_quick_profile_is_the_notebook_defaults():
@@ -179,7 +186,7 @@ def test_cli_stops_clearly_on_a_failing_notebook(tmp_path):
 
 
 def test_progress_line_keeps_counting_during_a_long_cell_on_a_terminal(capsys):
-    from cropkit.reproduce import CellProgress
+    from cropkit.runs.reproduce import CellProgress
 
     path = numbered_notebooks()[0]
     progress = CellProgress(path, expected=100.0, refresh_s=0.05)

@@ -8,9 +8,9 @@ import threading
 
 import torch
 
-from cropkit.checkpoint import atomic_directory, existing_directory, load_weights, save_weights
-from cropkit.heads import WEIGHT_DECAYS, LinearHead, accuracy, extract_features, train_linear_head
-from cropkit.results import append_records, git_commit, load_records, provenance
+from cropkit.core.checkpoint import atomic_directory, existing_directory, load_weights, save_weights
+from cropkit.eval.records import append_records, git_commit, load_records, provenance
+from cropkit.foundation.heads import WEIGHT_DECAYS, LinearHead, accuracy, extract_features, train_linear_head
 
 
 def test_concurrent_appends_lose_no_record(tmp_path):
@@ -87,7 +87,7 @@ def test_extract_features_matches_the_model_and_batches():
 
 
 def test_accuracy_table_pivots_attacks_shows_intervals_and_labels_smaller_samples():
-    from cropkit.results import accuracy_table
+    from cropkit.eval.records import accuracy_table
 
     base = {"model": "A", "n_examples": 300, "clean_accuracy": 0.9, "clean_interval": [0.86, 0.93]}
     records = [base | {"attack": "PGD-10", "robust_accuracy": 0.5, "robust_interval": [0.44, 0.56]},
@@ -107,7 +107,7 @@ def _toy_evaluation(data, model, clean, robust):
     """An evaluation record of `model` on `data` with the given per-example outcomes (robust implies clean)."""
     import numpy as np
 
-    from cropkit.results import accuracy_fields, encode_outcomes
+    from cropkit.eval.records import accuracy_fields, encode_outcomes
 
     clean, robust = np.asarray(clean, bool), np.asarray(robust, bool)
     return {"model": model, "attack": "PGD-10", "eps": 0.1, "n_examples": len(clean), "examples": data.digest(),
@@ -125,7 +125,7 @@ def _toy_data():
 def test_an_evaluation_cut_down_to_classes_and_pooled_again_compares_paired():
     import pytest
 
-    from cropkit.results import class_records, compare_records, pooled, restrict_to_classes
+    from cropkit.eval.records import class_records, compare_records, pooled, restrict_to_classes
 
     data = _toy_data()
     a = _toy_evaluation(data, "A", [1, 1, 1, 1, 1, 1, 1, 0], [1, 0, 1, 1, 0, 0, 1, 0])

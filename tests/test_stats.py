@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cropkit.stats import (compare, format_accuracy, mcnemar_p_value, mcnemar_sample_size,
-                           paired_difference_interval, seed_spread, wilson_interval)
+from cropkit.eval.stats import (
+    compare,
+    format_accuracy,
+    mcnemar_p_value,
+    mcnemar_sample_size,
+    paired_difference_interval,
+    seed_spread,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_matches_the_closed_form():

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from cropkit.losses import contrastive_terms, fgsm_rs, linf_ascent
-from cropkit.models.autoencoder import ConvAutoEncoder
-from cropkit.protocols import fit_slf
-from cropkit.theory import BoundTerms, bound_terms, cross_validate, fit_bound, holdout_slack, latent_similarity
+from cropkit.cropd.autoencoders import ConvAutoEncoder
+from cropkit.cropd.bound import BoundTerms, bound_terms, cross_validate, fit_bound, holdout_slack, latent_similarity
+from cropkit.cropd.losses import contrastive_terms
+from cropkit.eval.ascent import fgsm_rs, linf_ascent
+from cropkit.eval.protocols import fit_slf
 
 
 def terms(name: str, quantity: list[float], ratio: float, clean: float = 0.3, floor: float = 2.0) -> BoundTerms:
@@ -89,8 +90,8 @@ def test_bound_terms_on_a_real_pipeline(tiny_foundation, mnist):
 def test_bound_terms_are_cached_by_weights_examples_and_settings(tiny_foundation, mnist, monkeypatch):
     """A second measurement of the same model on the same images replays the cached terms without attacking; other
     weights, other settings or `cache=False` measure again, and a damaged cache file is named, not decoded."""
-    from cropkit import theory
-    from cropkit.validate import CorruptFileError
+    from cropkit.core.validate import CorruptFileError
+    from cropkit.cropd import bound as theory
 
     train, test = mnist
     torch.manual_seed(0)

@@ -1,0 +1,729 @@
+"""What the records say, in words and tables: each notebook's closing summary and the README's results.
+
+Every comparative sentence comes from a paired test on the same examples (`cropkit.eval.stats.compare` through
+`results.compare_records`) and says "not resolved at n = ..." when the test does not reject; every accuracy is
+shown with its 95% interval. A notebook calls `summary(name, run.written)` on the records it wrote; `cropkit report`
+renders the same summaries from a profile's committed reference records (`reference/<profile>/`) into
+`reference/<profile>/RESULTS.md` and the README's generated block, so the README's numbers are what the code
+printed, never typed. A test re-renders both and fails when they differ from the committed text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cropkit.core.checkpoint import atomic_write_bytes
+from cropkit.core.paths import project_root
+from cropkit.cropd.losses import COLLAPSED
+from cropkit.eval.records import RUNS_FILE, compare_records, load_records, pooled
+from cropkit.eval.stats import format_accuracy, mcnemar_sample_size, seed_spread
+
+if TYPE_CHECKING:  # nbformat is imported where notebooks are written: it loads jsonschema, whose URI grammar alone
+    import nbformat  # takes 3 s, and every notebook imports this module to render its summary
+
+Record = dict[str, Any]
+# What a measurement is (as opposed to what it measured and where): two records agreeing on these are one
+# measurement made twice, and the newer one speaks.
+_IDENTITY = ("kind", "model", "method", "dataset", "split", "n_examples", "examples", "attack", "eps", "seed", "setup",
+             "features", "quantity", "l_con_attack", "held_out", "budget_epochs", "pgd_steps")
+
+
+def latest(records: Iterable[Record]) -> list[Record]:
+    """The last record of each measurement (same model, data, examples, attack, eps and seed), in first-seen order:
+    a notebook run again appends new records, and the newest one speaks."""
+    chosen: dict[str, Record] = {}
+    for record in records:
+        chosen[repr([record.get(k) for k in _IDENTITY])] = record
+    return list(chosen.values())
+
+
+def evaluations(records: Iterable[Record], **match: Any) -> list[Record]:
+    """Evaluation records (those with an attack) whose fields equal `match`, e.g. `attack="PGD-10"`."""
+    return [r for r in records if r.get("attack") and all(r.get(k) == v for k, v in match.items())]
+
+
+def one(records: Iterable[Record], **match: Any) -> Record:
+    """The single latest record matching `match` (evaluations, or any kind with `kind=`)."""
+    pool = list(records)
+    found = [r for r in pool if all(r.get(k) == v for k, v in match.items())]
+    if not found:
+        raise LookupError(f"no record with {match}")
+    return found[-1]
+
+
+def accuracy(record: Record, which: str = "robust") -> str:
+    """'53.7 [48.0, 59.3]' for a record's clean or robust accuracy."""
+    return format_accuracy(record[f"{which}_accuracy"], record[f"{which}_interval"])
+
+
+def claim(a: Record, b: Record, which: str = "robust", *, a_name: str | None = None,
+          b_name: str | None = None, what: str | None = None) -> str:
+    """A paired comparison of two records as one sentence ('A beats B ...' or '... not resolved at n = ...')."""
+    comparison = compare_records(a, b, which, a_name=a_name, b_name=b_name)
+    same_attack = which == "robust" and a.get("attack") == b.get("attack")
+    label = what or ("clean accuracy" if which == "clean" else "robust accuracy" if not same_attack else
+                     "worst-case accuracy" if a.get("attack") == "worst case" else f"{a.get('attack')} accuracy")
+    return comparison.statement(label)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A markdown table of `rows` (dicts), columns in the given or first-seen order."""
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_rows(records: Iterable[Record], index: Callable[[Record], str] = lambda r: r["model"]) -> list[dict]:
+    """One row per `index(record)`: its clean accuracy and each attack's robust accuracy, all with intervals,
+    and n (the rows' evaluations must share their examples to be compared in a column)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for r in records:
+        row = rows.setdefault(index(r), {"model": index(r), "n": r["n_examples"], "clean": accuracy(r, "clean")})
+        row[r["attack"]] = accuracy(r)
+    return list(rows.values())
+
+
+def attack_table(records: Sequence[Record]) -> str:
+    """One model's evaluations as a markdown table: a row per attack with n, clean and robust accuracy."""
+    return table([{"attack": r["attack"], "eps": f"{r['eps']:.4g}", "n": r["n_examples"],
+                   "clean": accuracy(r, "clean"), "robust": accuracy(r)} for r in records])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One summary per notebook: the notebook's own closing cell and the README render the same text.
+
+def probes(records: list[Record]) -> str:
+    """Notebook 00's linear probes: frozen features against raw pixels, paired on the test split."""
+    features, pixels = one(records, kind="linear-probe", features="foundation"), one(records, kind="linear-probe",
+                                                                                      features="pixels")
+    return (f"Linear probe on {features['dataset']} ({features['n_examples']} test images): frozen "
+            f"{features['foundation']} features {accuracy(features, 'clean')}, raw pixels {accuracy(pixels, 'clean')}; "
+            + claim(features, pixels, "clean", a_name="features", b_name="pixels", what="test accuracy") + ".")
+
+
+def _quickstart(records: list[Record]) -> str:
+    eps = one(records, kind="linear-probe", features="foundation")["eps"]
+    main = evaluations(records, model="Identity", eps=eps)
+    n = one(main, attack="worst case")["n_examples"]
+    curve = sorted((r for r in evaluations(records, model="Identity", attack="PGD-10") if r["n_examples"] == n),
+                   key=lambda r: r["eps"])
+    return "\n".join([
+        probes(records), "",
+        f"Identity pipeline at eps = {eps:g}:", "", attack_table([r for r in main if r["n_examples"] == n]), "",
+        "PGD-10 accuracy against eps: " + ", ".join(f"{r['eps']:.3g}: {accuracy(r)}" for r in curve) + ".",
+    ])
+
+
+def resolution(a: Record, b: Record, which: str = "robust") -> str:
+    """For an unresolved paired comparison, how many examples would resolve the observed difference (80% power);
+    empty when the comparison is resolved or the two agree on every example."""
+    comparison = compare_records(a, b, which)
+    discordant = (comparison.only_a + comparison.only_b) / comparison.n
+    # From the counts: accuracy_a - accuracy_b can exceed `discordant` by a rounding error when every discordant
+    # example goes one way, which `mcnemar_sample_size` refuses.
+    difference = (comparison.only_a - comparison.only_b) / comparison.n
+    if comparison.resolved or difference == 0:
+        return ""
+    n = mcnemar_sample_size(difference, discordant)
+    return (f" At the observed difference ({100 * difference:+.1f} points, {discordant:.0%} of examples "
+            f"in disagreement) about {n} test images would resolve it with 80% power.")
+
+
+def _training_seed(record: Record) -> Any:
+    return record.get("setup", {}).get("training_seed")
+
+
+def _seed_spread_rows(records: list[Record], attack: str) -> list[dict[str, Any]]:
+    """Per model: the mean and spread of clean and `attack` accuracy across training seeds."""
+    by_model: dict[str, list[Record]] = {}
+    for r in evaluations(records, attack=attack):
+        by_model.setdefault(r["model"], []).append(r)
+    rows = []
+    for model, found in by_model.items():
+        clean, robust = (seed_spread([r[f"{w}_accuracy"] for r in found]) for w in ("clean", "robust"))
+        rows.append({"model": model, "seeds": robust["seeds"],
+                     "clean, mean ± sd": f"{100 * clean['mean']:.1f} ± {100 * clean['std']:.1f}",
+                     f"{attack}, mean ± sd": f"{100 * robust['mean']:.1f} ± {100 * robust['std']:.1f}",
+                     f"{attack}, range": f"{100 * robust['min']:.1f}-{100 * robust['max']:.1f}"})
+    return rows
+
+
+def _main_results(records: list[Record]) -> str:
+    seeds = sorted({_training_seed(r) for r in evaluations(records) if _training_seed(r) is not None})
+    first = [r for r in evaluations(records) if _training_seed(r) in (None, seeds[0])]
+    cropd = next(r["model"].split(" · ")[0] for r in first if r["model"].startswith("CRoPD"))
+    lines = []
+    for protocol in ("SLF", "ALF"):
+        worst = {r["model"].split(" · ")[0]: r for r in evaluations(first, attack="worst case")
+                 if r["model"].endswith(protocol)}
+        pgd10 = one(first, model=f"{cropd} · {protocol}", attack="PGD-10")
+        overstated = 100 * (pgd10["robust_accuracy"] - worst[cropd]["robust_accuracy"])
+        lines += [f"**{protocol} heads** (training seed {seeds[0]}, worst case over "
+                  f"{', '.join(worst[cropd]['attack_settings']['over'])}, eps = {worst[cropd]['eps']:g}):", ""]
+        lines += [f"- {claim(worst[cropd], worst[other])}."
+                  + resolution(worst[cropd], worst[other]) for other in worst if other != cropd]
+        lines += [f"- {claim(worst[cropd], worst['Identity'], 'clean')}.",
+                  f"- {claim(pgd10, worst[cropd], a_name=f'{cropd} under PGD-10', b_name='under the worst case')}"
+                  f": PGD-10 alone overstates its robustness by {overstated:.1f} points.", ""]
+    if len(seeds) > 1:
+        lines += [f"Across training seeds {seeds} (each row's within-seed intervals are in the table above):", "",
+                  table(_seed_spread_rows(records, "worst case")), ""]
+    return "\n".join(lines).strip()
+
+
+def _lambda_ablation(records: list[Record]) -> str:
+    seeds = sorted({_training_seed(r) for r in evaluations(records)})
+    worst = sorted((r for r in evaluations(records, attack="worst case") if _training_seed(r) == seeds[0]),
+                   key=lambda r: r["setup"]["lambda"])
+    name = {id(r): f"lambda = {r['setup']['lambda']:g}" for r in worst}
+    lines = [f"Training seed {seeds[0]}, SLF heads, worst case over {', '.join(worst[0]['attack_settings']['over'])} "
+             f"at eps = {worst[0]['eps']:g} on {worst[0]['n_examples']} test images:", "",
+             table([{"lambda": f"{r['setup']['lambda']:g}", "clean": accuracy(r, "clean"), "worst case": accuracy(r)}
+                    for r in worst]), ""]
+    for a, b in zip(worst[1:], worst):
+        lines += [f"- {claim(a, b, a_name=name[id(a)], b_name=name[id(b)])}."
+                  + resolution(a, b),
+                  f"- {claim(a, b, 'clean', a_name=name[id(a)], b_name=name[id(b)])}."]
+    if len(seeds) > 1:
+        lines += ["", f"Across training seeds {seeds}:", "", table(_seed_spread_rows(records, "worst case"))]
+    return "\n".join(lines)
+
+
+def _theory_bound(records: list[Record]) -> str:
+    fits = [r for r in records if r.get("kind") == "bound-fit"]
+    main = one(fits, quantity="increase", l_con_attack="pgd")
+    raw = one(fits, quantity="l_con", l_con_attack="pgd")
+    held = [r for r in records if r.get("kind") == "bound-holdout"]
+    violated = [r["held_out"] for r in held if r["verdict"] == "violated"]
+    unresolved = [r["held_out"] for r in held if r["verdict"] == "not resolved"]
+    low, high = main["kappa_interval"]
+    return "\n".join([
+        f"{len(main['models'])} pre-processors, {main['n_examples']} test images, eps = {main['eps']:g}, L_con under PGD "
+        "in batches of 128.",
+        f"- In-sample, on the floor-free increase of L_con: kappa = {main['kappa']:.3f} ({low:.3f}-{high:.3f}); the gap "
+        f"{'rises' if main['spearman'] > 0 else 'does not rise'} with the increase (Spearman {main['spearman']:+.2f}, "
+        f"p = {main['spearman_p']:.2g}). On the raw L_con (floor included): kappa = {raw['kappa']:.3f}, Spearman "
+        f"{raw['spearman']:+.2f}.",
+        f"- Out of sample (each model held out, kappa fitted on the others): the bound is violated for "
+        f"{len(violated)} of {len(held)} models" + (f" ({', '.join(violated)})" if violated else "")
+        + f", holds for {sum(r['verdict'] == 'holds' for r in held)}, and is not resolved for {len(unresolved)}"
+        + (f" ({', '.join(unresolved)})" if unresolved else "") + ".",
+    ])
+
+
+def _transfer(records: list[Record]) -> str:
+    worst = evaluations(records, attack="worst case")
+    lines = [f"Worst case over {', '.join(worst[0]['attack_settings']['over'])} at eps = {worst[0]['eps']:g}, SLF "
+             "heads trained on each target:", ""]
+    for target in dict.fromkeys(r["dataset"] for r in worst):
+        here = [r for r in worst if r["dataset"] == target]
+        identity = one(here, model="Identity · SLF")
+        for r in here:
+            if r is identity:
+                continue
+            kind = "in-domain" if r["setup"]["trained_on"] == target else "transfer"
+            lines.append(f"- on {target} ({kind}): {claim(r, identity)}."
+                         + resolution(r, identity))
+    return "\n".join(lines)
+
+
+def _acl_family(records: list[Record]) -> str:
+    worst = {r["model"]: r for r in evaluations(records, attack="worst case")}
+    cost = {r["model"]: r for r in records if r.get("kind") == "pretraining"}
+    baseline = next(name for name in worst if name.startswith("random init"))
+    slf = {name.removesuffix(" · SLF"): r for name, r in worst.items() if name.endswith(" · SLF") and name != baseline}
+    first = next(iter(worst.values()))
+    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g}, "
+             f"{first['n_examples']} test images:", "", "SLF heads against the untrained backbone:"]
+    lines += [f"- {claim(r, worst[baseline])}." for name, r in slf.items() if name != "CRoPD"]
+    pairs = [(name, "ACL") for name in slf if name.startswith("ACL-RCS")] + [("ACL-AIR", "ACL"), ("DynACL-AIR", "DynACL")]
+    lines += ["", "Each variant against the method it modifies (SLF):"]
+    for a, b in pairs:
+        if a in slf and b in slf:
+            speed = f" Pre-training {cost[b]['seconds'] / cost[a]['seconds']:.2f}x faster than {b} (wall-clock, " \
+                    f"{cost[a]['examples']} examples trained against {cost[b]['examples']})." if "RCS" in a else ""
+            lines.append(f"- {claim(slf[a], slf[b])}." + resolution(slf[a], slf[b]) + speed)
+    encoders = {name: r for name, r in worst.items() if not name.startswith(("CRoPD", baseline))}
+    best = max(encoders, key=lambda name: encoders[name]["robust_accuracy"])
+    lines += ["", f"- {claim(worst['CRoPD · SLF'], encoders[best])} (the most robust "
+                  "ACL-family model)."]
+    return "\n".join(lines)
+
+
+def _robust_finetuning(records: list[Record]) -> str:
+    worst = evaluations(records, attack="worst case")
+    lines = [f"Worst case over {', '.join(worst[0]['attack_settings']['over'])} at eps = {worst[0]['eps']:g}:", ""]
+    for dataset in dict.fromkeys(r["dataset"] for r in worst):
+        here = {r["model"]: r for r in worst if r["dataset"] == dataset}
+        cropd = next(name for name in here if name.startswith("CRoPD"))
+        seen = "" if not here[cropd]["setup"].get("zero-shot") else " (never seen in fine-tuning)"
+        lines += [f"On {dataset}{seen}:", "",
+                  table([{"model": name, "clean": accuracy(r, "clean"), "worst case": accuracy(r)}
+                         for name, r in here.items()]), ""]
+        for name, r in here.items():
+            if name not in (cropd, "Identity · SLF"):
+                lines += [f"- {claim(r, here['Identity · SLF'])}.",
+                          f"- {claim(r, here[cropd])}." + resolution(r, here[cropd])]
+        lines.append("")
+    return "\n".join(lines).strip()
+
+
+def frontier(records: Iterable[Record], target: float) -> str:
+    """For each method of notebook 07's cost records: the cheapest budget whose worst-case accuracy reaches `target`,
+    its FLOPs and their ratio to CRoPD's (a lower bound where a method never reaches it)."""
+    by_method: dict[str, list[Record]] = {}
+    for r in latest(records):
+        if r.get("kind") == "cost":
+            by_method.setdefault(r["method"], []).append(r)
+    reached = {m: next((r for r in sorted(rs, key=lambda r: r["flops"]) if r["robust_accuracy"] >= target), None)
+               for m, rs in by_method.items()}
+    cropd = next(m for m in by_method if m.startswith("CRoPD"))
+    rows = []
+    for method, r in reached.items():
+        largest = max(by_method[method], key=lambda r: r["flops"])
+        if r is None:
+            rows.append({"method": method, "reaches": f"no (best {max(x['robust_accuracy'] for x in by_method[method]):.1%})",
+                         "budget": f"> {largest['budget_epochs']} epochs", "FLOPs": f"> {largest['flops']:.3g}",
+                         "worst case": "", "FLOPs / CRoPD": (f"> {largest['flops'] / reached[cropd]['flops']:.1f}x"
+                                                            if reached[cropd] else "undefined")})
+        else:
+            rows.append({"method": method, "reaches": "yes", "budget": f"{r['budget_epochs']} epochs",
+                         "FLOPs": f"{r['flops']:.3g}", "worst case": accuracy(r),
+                         "FLOPs / CRoPD": f"{r['flops'] / reached[cropd]['flops']:.1f}x" if reached[cropd] else
+                         "undefined (CRoPD does not reach it)"})
+    return f"Target: {target:.0%} worst-case accuracy.\n\n" + table(rows)
+
+
+def _cost(records: list[Record]) -> str:
+    costs = [r for r in records if r.get("kind") == "cost"]
+    price = {}
+    for r in costs:
+        price.setdefault(r["method"], r["flops"] / r["examples"])
+    cropd = next(m for m in price if m.startswith("CRoPD"))
+    units = ", ".join(f"{m} {p / price[cropd]:.1f}x" for m, p in price.items() if m != cropd)
+    scale = [r for r in records if r.get("kind") == "cost-at-scale"]
+    large = [r for r in scale if r["model"] == "ViT-MAE-Large"]
+    return "\n".join([
+        frontier(records, costs[0]["target"]), "",
+        f"Unit price (training FLOPs per example-epoch) against CRoPD's {price[cropd]:.3g}: {units}.",
+        "At ViT-MAE-Large scale (closed-form FLOPs, assumed epochs and PGD steps), fine-tuning / CRoPD training FLOPs: "
+        + ", ".join(f"{r['method']} {r['ratio_pre-processor_fixed']:.1f}x (pre-processor fixed) / "
+                    f"{r['ratio_pre-processor_scaled']:.1f}x (scaled)" for r in large) + "."])
+
+
+def _audit(records: list[Record]) -> str:
+    rows = [{"model": r["model"], "n": r["n_examples"], "clean": accuracy(r, "clean"), r["attack"]: accuracy(r),
+             "audit": "passed" if r["audit"]["passed"] else "FAILED: " + ", ".join(r["audit"]["failed"])}
+            for r in evaluations(records)]
+    return table(rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The questions the paper leaves open: pre-processor capacity, samples per class, the radius (notebooks 09-11).
+
+def _beats(a: Record, b: Record) -> bool:
+    comparison = compare_records(a, b)
+    return comparison.resolved and comparison.difference > 0
+
+
+NOT_ROBUST = 0.05  # a family whose best robust accuracy has its 95% upper bound below this is not robust at all
+
+
+def saturation(records: Sequence[Record]) -> Record:
+    """Of evaluations on the same examples in order of size, the smallest that no larger one beats on robust accuracy
+    (paired exact McNemar): where robustness stops improving, as far as this evaluation can resolve."""
+    if not records:
+        raise ValueError("saturation needs at least one evaluation")
+    return next(r for i, r in enumerate(records) if not any(_beats(s, r) for s in records[i + 1:]))
+
+
+def _capacity(records: list[Record]) -> str:
+    found = [r for r in evaluations(records, attack="worst case") if "kind" not in r]
+    identity = next((r for r in found if r["setup"]["architecture"] == "none"), None)  # no pre-processor: the floor
+    families: dict[str, list[Record]] = {}
+    for r in found:
+        if r is not identity:
+            families.setdefault(r["setup"]["architecture"], []).append(r)
+
+    def name(r: Record) -> str:
+        return f"{r['setup']['architecture']} {r['setup']['size']}"
+
+    def cost(r: Record) -> str:
+        return (f"{100 * r['setup']['parameter_fraction']:.1f}% of the foundation model's parameters, "
+                f"{r['setup']['train_flops']:.3g} training FLOPs")
+
+    rows = []
+    for members in families.values():
+        members.sort(key=lambda r: r["setup"]["parameters"])
+        rows += [{"pre-processor": name(r), "parameters": f"{r['setup']['parameters']:,}",
+                  "of the foundation model": f"{100 * r['setup']['parameter_fraction']:.1f}%",
+                  "epochs": r["setup"]["epochs"], "training FLOPs": f"{r['setup']['train_flops']:.3g}",
+                  "FLOPs / example-epoch": f"{r['setup']['train_flops'] / r['setup']['train_examples']:.3g}",
+                  "clean": accuracy(r, "clean"), r["attack"]: accuracy(r)} for r in members]
+    if identity is not None:
+        rows.append({"pre-processor": "none (Identity)", "parameters": "0", "of the foundation model": "0.0%",
+                     "clean": accuracy(identity, "clean"), identity["attack"]: accuracy(identity)})
+    first = found[0]
+    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g} on "
+             f"{first['n_examples']} test images, SLF heads:", "",
+             table(rows), ""]
+    for architecture, members in families.items():
+        lines += [f"- {claim(b, a, a_name=name(b), b_name=name(a))}." + resolution(b, a)
+                  for a, b in zip(members, members[1:])]
+        best = max(members, key=lambda r: r["robust_accuracy"])
+        if identity is not None:
+            against = claim(best, identity, a_name=f"{name(best)} (its most robust)", b_name="no pre-processor")
+            lines.append(f"- {against}." + resolution(best, identity))
+        if len(members) < 2:
+            continue
+        top, largest = saturation(members), members[-1]
+        if best["robust_interval"][1] < NOT_ROBUST:
+            lines.append(f"- **{architecture}: not robust at any size swept** (best {accuracy(best)}, upper bound below "
+                         f"{NOT_ROBUST:.0%}): a defence the attack breaks on nearly every example is a failure to explain, "
+                         "not a point on the capacity curve; this sweep cannot say where its robustness stops "
+                         "improving.")
+        elif top is largest:
+            lines.append(f"- **{architecture}: robustness still improves at the largest size swept**, {name(top)} "
+                         f"({cost(top)}): every smaller one is beaten by a larger one; a larger size may help further.")
+        else:
+            lines.append(f"- **{architecture}: robustness stops improving at {name(top)}** ({cost(top)}, {accuracy(top)}): "
+                         f"no larger {architecture} pre-processor beats it at n = {top['n_examples']}; the largest "
+                         f"swept, {name(largest)}, costs {largest['setup']['train_flops'] / top['setup']['train_flops']:.1f}x "
+                         f"its training FLOPs ({accuracy(largest)}).")
+    return "\n".join(lines)
+
+
+def _samples_per_class(records: list[Record]) -> str:
+    main = [r for r in evaluations(records, attack="worst case") if "kind" not in r]
+    parts = {(r["model"], r["classes"][0]): r for r in records if r.get("kind") == "per-class"}
+    all_classes = max(r["setup"]["n_classes"] for r in main)
+    first = main[0]
+
+    def name(r: Record) -> str:
+        return r["model"].removesuffix(" · SLF")
+
+    def on_classes(r: Record, classes: Sequence[str]) -> Record:
+        return pooled([parts[r["model"], c] for c in classes])
+
+    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g} on "
+             f"{first['n_examples']} class-balanced test images of all "
+             f"{all_classes} classes; SLF heads fitted on the whole training split, so only the pre-processor's "
+             "training set varies; every arm trained for the same number of optimiser steps:", "",
+             table([{"arm": name(r), "training examples": r["setup"]["train_examples"], "steps": r["setup"]["steps"],
+                     "clean": accuracy(r, "clean"), r["attack"]: accuracy(r)} for r in main]), ""]
+    every = [r for r in main if r["setup"]["n_classes"] == all_classes]
+    for free in (False, True):
+        arms = sorted((r for r in every if r["setup"]["label_free"] == free), key=lambda r: r["setup"]["per_class"])
+        if len(arms) < 2:
+            continue
+        few, many = arms[0], arms[-1]
+        rose = sum(parts[many["model"], c]["robust_accuracy"] > parts[few["model"], c]["robust_accuracy"]
+                   for c in few["setup"]["classes"])
+        fell = sum(parts[many["model"], c]["robust_accuracy"] < parts[few["model"], c]["robust_accuracy"]
+                   for c in few["setup"]["classes"])
+        lines += [f"**Samples per class, every class, {'label-free' if free else 'class-based'} L_con:**", ""]
+        lines += [f"- {claim(b, a, a_name=name(b), b_name=name(a))}." + resolution(b, a) for a, b in zip(arms, arms[1:])]
+        if len(arms) > 2:
+            lines.append(f"- {claim(many, few, a_name=name(many), b_name=name(few))}." + resolution(many, few))
+        lines += [f"- Per class, from {few['setup']['per_class']} to {many['setup']['per_class']} examples per class the "
+                  f"robust accuracy rose for {rose} and fell for {fell} of {all_classes} classes "
+                  f"({parts[few['model'], few['setup']['classes'][0]]['n_examples']} test images each).", ""]
+    fewer = [r for r in main if r["setup"]["n_classes"] < all_classes]
+    if fewer:
+        lines += ["**Fewer classes at a fixed total** (on the classes the smaller arm saw, paired):", ""]
+    for r in fewer:
+        match = [s for s in every if s["setup"]["label_free"] == r["setup"]["label_free"]
+                 and s["setup"]["train_examples"] == r["setup"]["train_examples"]]
+        if not match:
+            lines.append(f"- {name(r)}: no all-classes arm with the same total ({r['setup']['train_examples']} examples) "
+                         "and loss to compare with.")
+            continue
+        seen = r["setup"]["classes"]
+        a, b = on_classes(r, seen), on_classes(match[0], seen)
+        unseen = [c for c in match[0]["setup"]["classes"] if c not in seen]
+        rest = f"; on the {len(unseen)} classes it never saw: {accuracy(on_classes(r, unseen))}" if unseen else ""
+        lines.append(f"- on classes {', '.join(seen)}: {claim(a, b, a_name=name(r), b_name=name(match[0]))}{rest}."
+                     + resolution(a, b))
+    pairs = [(r, s) for r in main for s in main if s["setup"]["label_free"] and not r["setup"]["label_free"]
+             and (s["setup"]["per_class"], s["setup"]["classes"]) == (r["setup"]["per_class"], r["setup"]["classes"])]
+    if pairs:
+        lines += ["", "**Label-free against class-based negatives**, arm by arm:", ""]
+        lines += [f"- {claim(s, r, a_name=name(s), b_name=name(r))}." + resolution(s, r) for r, s in pairs]
+    return "\n".join(lines).strip()
+
+
+def _radius(records: list[Record]) -> str:
+    main = [r for r in evaluations(records, attack="worst case") if "kind" not in r]
+    cell = {(r["setup"]["train_eps"], r["eps"]): r for r in main}
+    trained, tested = sorted({e for e, _ in cell}), sorted({t for _, t in cell})
+    lines = [f"Worst-case accuracy over {', '.join(main[0]['attack_settings']['over'])} (%, 95% interval) on "
+             f"{main[0]['n_examples']} test images, rows "
+             "trained at, columns attacked at:", "",
+             table([{"train eps": f"{e:.3g}", **{f"test {t:.3g}": accuracy(cell[e, t]) for t in tested if (e, t) in cell}}
+                    for e in trained]), ""]
+    for t in (t for t in tested if t in trained):
+        lines += [f"- at test eps {t:.3g}: {claim(cell[t, t], cell[e, t], a_name=f'trained at {t:.3g}', b_name=f'trained at {e:.3g}')}."
+                  + resolution(cell[t, t], cell[e, t]) for e in trained if e != t and (e, t) in cell]
+    rising = [f"{e:.3g}" for e in trained
+              if any(cell[e, a]["robust_accuracy"] < cell[e, b]["robust_accuracy"] for a, b in zip(tested, tested[1:]))]
+    lines.append("- Robust accuracy falls (or stays) as the test radius grows for every model, as it must without "
+                 "gradient masking." if not rising else f"- Robust accuracy *rises* with the test radius for the "
+                 f"model(s) trained at {', '.join(rising)}: check them for gradient masking (notebook 08).")
+    fits = sorted((r for r in records if r.get("kind") == "bound-fit"), key=lambda r: r["eps"])
+    if fits:
+        terms = [r for r in records if r.get("kind") == "bound-terms"]
+        lines += ["", f"The bound at each test radius (kappa fitted across the {len(fits[0]['models'])} models on the "
+                      "floor-free increase of L_con under PGD, 95% bootstrap interval; per model: mean gap adversarial "
+                      "minus clean CE, and increase):", "",
+                  table([{"test eps": f"{f['eps']:.3g}",
+                          "kappa": f"{f['kappa']:.3f} [{f['kappa_interval'][0]:.3f}, {f['kappa_interval'][1]:.3f}]",
+                          **{f"trained at {r['setup']['train_eps']:.3g}: gap / increase":
+                             f"{r['gap']:.2f} / {r['increase (PGD)']:.3f}" for r in terms if r["eps"] == f["eps"]}}
+                         for f in fits]), ""]
+        collapsed = sorted({r["setup"]["train_eps"] for r in terms if r.get("latent similarity", 0) >= COLLAPSED})
+        if collapsed:
+            shown = ", ".join(f"{e:.3g}" for e in collapsed)
+            lines.append(f"- **The latent of the model(s) trained at {shown} has collapsed** (latent similarity >= "
+                         f"{COLLAPSED}: every image maps to about the same direction), so their L_con does not move "
+                         "under attack while their adversarial CE does: no finite kappa bounds them, and the kappa "
+                         "fitted across the models is set by them rather than by the bound's constant.")
+        low, high = fits[0], fits[-1]
+        apart = low["kappa_interval"][1] < high["kappa_interval"][0] or high["kappa_interval"][1] < low["kappa_interval"][0]
+        lines.append(f"- kappa goes from {low['kappa']:.3f} at eps {low['eps']:.3g} to {high['kappa']:.3f} at eps "
+                     f"{high['eps']:.3g}: " + ("a collapsed model sets it, so this is not a reading of the bound's "
+                     "constant." if collapsed else "the intervals do not overlap, so the bound's constant depends on "
+                     "the radius (fit it at the radius it is used at)." if apart else "the intervals overlap, so this "
+                     "run does not show the constant moving with the radius."))
+    return "\n".join(lines)
+
+
+SUMMARIES: dict[str, Callable[[list[Record]], str]] = {
+    "00_quickstart": _quickstart,
+    "01_theory_bound": _theory_bound,
+    "02_main_results": _main_results,
+    "03_lambda_ablation": _lambda_ablation,
+    "04_cross_dataset_transfer": _transfer,
+    "05_acl_rcs_air": _acl_family,
+    "06_robust_finetuning": _robust_finetuning,
+    "07_cost": _cost,
+    "08_robustness_audit": _audit,
+    "09_capacity": _capacity,
+    "10_samples_per_class": _samples_per_class,
+    "11_radius": _radius,
+}
+
+
+def summary(notebook: str, records: Iterable[Record]) -> str:
+    """The closing summary of `notebook` (e.g. "02_main_results") from its records, as markdown."""
+    if notebook not in SUMMARIES:
+        raise ValueError(f"no summary for notebook {notebook!r}; have {sorted(SUMMARIES)}")
+    return SUMMARIES[notebook](latest(records))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The committed reference and the generated README block.
+
+def reference_dir(profile: str) -> Path:
+    return project_root() / "reference" / profile
+
+
+def load_reference(profile: str, folder: Path | None = None) -> dict[str, list[Record]]:
+    """Each notebook's records in `folder` (default: the profile's committed reference), by notebook name."""
+    folder = reference_dir(profile) if folder is None else folder
+    return {path.stem: load_records(path) for path in sorted(folder.glob("[0-9][0-9]_*.jsonl"))}
+
+
+def _sections(by_notebook: dict[str, list[Record]], names: Iterable[str], level: str) -> list[str]:
+    parts = []
+    for name in names:
+        records = by_notebook.get(name)
+        if records and name in SUMMARIES:
+            first = records[0]
+            parts.append(f"{level} {name}\n\n{summary(name, records)}\n\n"
+                         f"<sub>{len(records)} records; commit {first.get('commit', '?')[:12]}, "
+                         f"{first.get('device', '?')}, {first.get('timestamp', '?')}.</sub>\n")
+    return parts
+
+
+def render(profile: str, by_notebook: dict[str, list[Record]]) -> str:
+    """The results page: every notebook's summary from its records, with where they came from."""
+    return "\n".join([
+        f"# Results of the `{profile}` profile\n",
+        f"Generated by `cropkit report --profile {profile}` from the records in `reference/{profile}/` (each record "
+        "holds its provenance: commit, device, library versions, time). Accuracies in percent with 95% Wilson "
+        "intervals; comparisons are exact McNemar tests on the same examples.\n",
+        *_sections(by_notebook, by_notebook, "##")])
+
+
+README_SECTIONS = ("02_main_results", "06_robust_finetuning", "07_cost")  # the quick profile's headline notebooks
+
+
+def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
+    """The README's generated results: the headline notebooks' summaries (every notebook's for the profiles other
+    than quick, whose references hold only the notebooks run at CPU size), where the rest is, and (for the profile
+    whose outputs are committed) each notebook's wall-clock in the run that made them."""
+    seconds = {p.stem: json.loads(p.read_text(encoding="utf-8"))["metadata"].get("cropkit", {}).get("seconds")
+               for p in sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))} if profile == "quick" else {}
+    timing = (["Wall-clock of each notebook in the run that made this reference: "
+               + ", ".join(f"{name[:2]} {s:.0f} s" for name, s in seconds.items())
+               + f"; {sum(seconds.values()) / 60:.1f} min in all.\n"] if seconds and None not in seconds.values() else [])
+    return "\n".join([
+        f"Generated by `cropkit report --profile {profile}` from `reference/{profile}/`; every notebook's summary is in "
+        f"[`reference/{profile}/RESULTS.md`](reference/{profile}/RESULTS.md).\n", *timing,
+        *_sections(by_notebook, README_SECTIONS if profile == "quick" else by_notebook, "####")])
+
+
+def outputs(profile: str) -> dict[Path, str]:
+    """What `cropkit report` writes for a profile, rendered from its committed reference records."""
+    by_notebook = load_reference(profile)
+    readme = project_root() / "README.md"
+    return {reference_dir(profile) / "RESULTS.md": render(profile, by_notebook),
+            readme: readme_with_block(readme.read_text(), profile, readme_block(profile, by_notebook))}
+
+
+def stale(profile: str) -> list[Path]:
+    """The generated files whose committed text differs from what the reference records render to."""
+    return [path for path, text in outputs(profile).items() if not path.is_file() or path.read_text() != text]
+
+
+def write(profile: str) -> list[Path]:
+    """Render the results page and the README block from the reference records; return the files that changed."""
+    changed = stale(profile)
+    for path, text in outputs(profile).items():
+        if path in changed:
+            atomic_write_bytes(path, text.encode())
+    return changed
+
+
+def last_run(records: list[Record]) -> list[Record]:
+    """The records of the last run among `records` (by `run_id`; records without one form a single run)."""
+    last = records[-1].get("run_id") if records else None
+    return [r for r in records if r.get("run_id") == last]
+
+
+def recipe_versions() -> dict[str, int]:
+    """The recipe version of every trained artifact: what a committed output was made with."""
+    from cropkit.acl import pretrain as acl
+    from cropkit.cropd import config as preprocessor
+    from cropkit.eval import protocols
+    from cropkit.finetune import robust as finetune
+    from cropkit.foundation import pretrain
+
+    return {"pretrain": pretrain.RECIPE_VERSION, "preprocessor": preprocessor.RECIPE_VERSION, "acl": acl.RECIPE_VERSION,
+            "finetune": finetune.RECIPE_VERSION, "slf_head": protocols.HEAD_RECIPE_VERSION}
+
+
+def source_digest(notebook: nbformat.NotebookNode) -> str:
+    """Hash of a notebook's code (its code cells, papermill's injected parameters left out)."""
+    code = [c.source for c in notebook.cells
+            if c.cell_type == "code" and "injected-parameters" not in c.metadata.get("tags", [])]
+    return hashlib.sha256("\0".join(code).encode()).hexdigest()[:16]
+
+
+def commit_outputs(executed: Path, target: Path, profile: str, seconds: float | None) -> None:
+    """Copy an executed notebook's outputs over the committed notebook `target`: without papermill's injected
+    parameters and timing metadata, stamped with the recipes and the code it was made with (a test compares them
+    with the current ones, so outputs of an older recipe or of edited code are caught)."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    notebook.cells = [c for c in notebook.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    for cell in notebook.cells:
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+    notebook.metadata.pop("papermill", None)
+    notebook.metadata["cropkit"] = {"profile": profile, "recipes": recipe_versions(),
+                                    "source": source_digest(notebook), "seconds": seconds}
+    atomic_write_bytes(target, nbformat.writes(notebook).encode())
+
+
+def update_reference(profile: str, folder: Path) -> list[Path]:
+    """Make the last complete run in `folder` (e.g. `results/quick`) the profile's reference: its records (runs that
+    did not finish `ok` are left out) and, for the quick profile, the executed notebooks' outputs.
+
+    Each notebook's last run logged in `runs.jsonl` must be the one its records come from (so its executed copy
+    holds that run's outputs), must have ended `ok`, and must have run the current recipes: a folder holding older
+    runs beside a fresh `--only` run cannot pass them off as current. Nothing is written when one is not."""
+    by_notebook = {name: last_run([r for r in records if "run_status" not in r])
+                   for name, records in load_reference(profile, folder).items()}
+    if not any(by_notebook.values()):
+        raise ValueError(f"no notebook records (NN_*.jsonl) in {folder}: run `cropkit reproduce --profile {profile}`")
+    last = {run.get("notebook"): run for run in load_records(folder / RUNS_FILE)}
+    current = recipe_versions()
+    made_by = {name: last.get(name, {}) for name, records in by_notebook.items() if records}
+    problems = {}
+    for name, run in made_by.items():
+        if run.get("run_id") != by_notebook[name][0].get("run_id") or run.get("status") != "ok":
+            problems[name] = (f"its last run ({run.get('run_id', 'none logged')}) "
+                              f"{'ended ' + run['status'] if 'status' in run else 'is not in ' + RUNS_FILE}")
+        elif run.get("recipes") != current:
+            problems[name] = f"made with recipes {run.get('recipes', 'not recorded')}"
+    if problems:
+        raise ValueError(f"{folder} does not hold a complete current run of every notebook (the code's recipes are "
+                         f"{current}): " + "; ".join(f"{name}: {why}" for name, why in problems.items())
+                         + f". Rerun them (`cropkit reproduce --profile {profile} --only "
+                         + ",".join(name[:2] for name in problems) + "`), then update the reference.")
+    target = reference_dir(profile)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, run in made_by.items():
+        path = target / f"{name}.jsonl"
+        atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                         for r in latest(by_notebook[name])).encode())
+        written.append(path)
+        executed = folder / f"{name}.ipynb"
+        if profile == "quick" and executed.is_file():
+            commit_outputs(executed, project_root() / "notebooks" / f"{name}.ipynb", profile, run["seconds"])
+            written.append(project_root() / "notebooks" / f"{name}.ipynb")
+    return written
+
+
+_COMPARED = ("kind", "model", "dataset", "attack", "eps", "n_examples", "examples", "quantity", "l_con_attack",
+             "features", "held_out")
+# Each checked number and the field holding its 95% interval.
+_NUMBERS = {"clean_accuracy": "clean_interval", "robust_accuracy": "robust_interval", "kappa": "kappa_interval"}
+
+
+def _comparison_key(notebook: str, record: Record) -> str:
+    return repr([notebook, *(record.get(k) for k in _COMPARED), _training_seed(record)])
+
+
+def moved(reference: dict[str, list[Record]], produced: dict[str, list[Record]]) -> list[str]:
+    """Every reference number that a new run did not reproduce: absent, or outside the reference record's 95%
+    interval (accuracies: Wilson; kappa: bootstrap). Timings and costs are not compared. Empty when all agree."""
+    found = {_comparison_key(nb, r): r for nb, records in produced.items() for r in latest(records)}
+    problems = []
+    for notebook, records in reference.items():
+        for ref in latest(records):
+            checked = [n for n in _NUMBERS if n in ref and _NUMBERS[n] in ref]
+            if not checked:
+                continue
+            label = f"{notebook}: {ref.get('model') or ref.get('kind')} / {ref.get('attack') or ref.get('quantity')}"
+            new = found.get(_comparison_key(notebook, ref))
+            if new is None:
+                problems.append(f"{label}: no such record in the new run")
+                continue
+            for number in checked:
+                low, high = ref[_NUMBERS[number]]
+                if not low - 1e-9 <= new[number] <= high + 1e-9:
+                    problems.append(f"{label}: {number} {new[number]:.4g} outside the reference's "
+                                    f"{ref[number]:.4g} [{low:.4g}, {high:.4g}]")
+    return problems
+
+
+BEGIN, END = "<!-- results:{profile}:begin -->", "<!-- results:{profile}:end -->"
+
+
+def readme_with_block(readme: str, profile: str, block: str) -> str:
+    """`readme` with the text between the profile's generated-block markers replaced by `block`."""
+    begin, end = BEGIN.format(profile=profile), END.format(profile=profile)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"the README has no generated block for {profile!r}: add the lines {begin} and {end}")
+    return pattern.sub(lambda _: f"{begin}\n{block.strip()}\n{end}", readme)
