@@ -1,6 +1,7 @@
 # One command each, on a fresh machine with Python 3.11+ and access to PyPI:
 #   make reproduce   set up, then run every notebook in the quick profile (papermill); ONLY=00,03 for some of them
-#   make test        set up, then run the test suite (unit tests + the notebooks under nbval)
+#   make test        set up, then run the test suite (unit tests + every notebook under nbval at its smoke size)
+#   make check       set up, then run the quick profile and fail on any number outside the reference's range
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ PROFILE ?= quick
 ONLY ?=
 SETUP_FREE_GIB ?= 8
 
-.PHONY: setup reproduce test reference lock
+.PHONY: setup reproduce test check reference lock
 
 setup: $(STAMP)
 
@@ -32,7 +33,14 @@ reproduce: setup
 	$(BIN)/cropkit reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
 
 test: setup
-	$(BIN)/python -m pytest
+	SMOKE_TEST=1 $(BIN)/python -m pytest
+
+# The quick profile's numbers: the shipped foundation model against one pre-trained from scratch, then a whole
+# reproduction compared with reference/$(PROFILE) (each number that moved is named).
+check: setup
+	$(BIN)/cropkit pretrain-fm --check
+	$(BIN)/cropkit reproduce --profile $(PROFILE)
+	$(BIN)/cropkit report --profile $(PROFILE) --compare results/$(PROFILE)
 
 # Regenerate what is committed from a quick-profile run: reference records, notebook outputs, RESULTS.md, README.
 reference: reproduce

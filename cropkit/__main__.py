@@ -16,13 +16,24 @@ def _pretrain_fm(args: argparse.Namespace) -> int:
     from cropkit.core.checkpoint import read_json
     from cropkit.core.validate import require
     from cropkit.foundation.pretrain import PRESETS, pretrain_mae
+    from cropkit.runs import shipping
 
     require(args.dataset in PRESETS, "--dataset", args.dataset, "no pre-training preset for it",
             f"choose one of {', '.join(sorted(PRESETS))}")
     config = PRESETS[args.dataset]
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
+    require(not (args.check and (args.ship or args.epochs is not None)), "--check", True,
+            "checks the preset's shipped model against a from-scratch run", "pass --check alone with --dataset/--seed")
+    if args.check:
+        inside, line = shipping.check(config)
+        print(line)
+        return 0 if inside else 1
     path = pretrain_mae(config, force=args.force)
+    if args.ship:
+        print(f"shipped: {shipping.ship(config)}")
     history = read_json(path / "cropkit_pretraining.json")["history"]
     seconds = sum(h["seconds"] for h in history)
     print(f"{path}\n{len(history)} epochs, final MAE loss {history[-1]['loss']:.4f}, {seconds:.0f}s of training")
@@ -31,11 +42,12 @@ def _pretrain_fm(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from cropkit.runs.profiles import parse_overrides
-    from cropkit.runs.reproduce import reproduce, summary
+    from cropkit.runs.reproduce import reproduce, slowest_cells, summary
 
     only = args.only.split(",") if args.only is not None else None  # --only "" is refused, not read as "all"
     runs = reproduce(args.profile, only=only, overrides=parse_overrides(args.param), kernel=args.kernel, out=args.out)
     print("\n" + summary(runs))
+    print(slowest_cells(runs))
     return 0 if runs and all(r.status == "ok" for r in runs) else 1
 
 
@@ -121,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     fm = commands.add_parser("pretrain-fm", help="pre-train (or find cached) the embedded ViT-MAE foundation model")
     fm.add_argument("--dataset", default="mnist5k", help="pre-training preset (default: mnist5k)")
     fm.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    fm.add_argument("--seed", type=int, help="the pre-training run's seed (default: the preset's, 0)")
     fm.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
+    fm.add_argument("--ship", action="store_true", help="also copy it into the package with its card (a maintainer's "
+                                                        "step: the shipped models are committed)")
+    fm.add_argument("--check", action="store_true", help="pre-train from scratch (cached) and check that its linear "
+                                                         "probe lands inside the shipped card's interval")
     fm.set_defaults(run=_pretrain_fm)
 
     pl = commands.add_parser("plan", help="what `reproduce` with these arguments will cost: FLOPs, GPU-hours, "

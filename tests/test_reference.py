@@ -1,14 +1,14 @@
-"""The README's numbers are generated from committed reference records, and CI holds the code to them."""
+"""The README's numbers are generated from committed reference records, and the committed notebooks' outputs were
+made by the current code. Whether a fresh quick-profile run reproduces those numbers is `make check`'s question."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from cropkit.core.paths import output_root, project_root
+from cropkit.core.paths import project_root
 from cropkit.runs import report
 from cropkit.runs.profiles import numbered_notebooks
 
@@ -64,15 +64,3 @@ def test_a_moved_number_is_reported_and_an_unchanged_run_is_not(reference):
     assert len(problems) == 1 and target["model"] in problems[0] and "robust_accuracy" in problems[0]
     produced["02_main_results"] = [r for r in produced["02_main_results"] if r is not target]
     assert any("no such record" in p for p in report.moved(reference, produced))
-
-
-@pytest.mark.after_notebooks
-def test_this_sessions_notebook_run_reproduces_the_reference(request, reference):
-    """Runs after the notebooks that nbval executed in this session (under CROPKIT_OUT) and compares their records."""
-    ran = {Path(item.fspath).stem for item in request.session.items if str(item.fspath).endswith(".ipynb")}
-    if not ran:
-        pytest.skip("no notebook ran in this session (run the whole suite: `make test`)")
-    produced = report.load_reference(PROFILE, output_root() / "results" / PROFILE)
-    assert set(produced) >= ran, f"notebooks ran but wrote no records: {sorted(ran - set(produced))}"
-    problems = report.moved({name: reference[name] for name in ran}, produced)
-    assert not problems, "numbers moved against reference/quick (if on purpose, regenerate it):\n" + "\n".join(problems)

@@ -111,6 +111,8 @@ def test_cli_reproduce_runs_a_notebook_end_to_end(tmp_path):
                 "-p", "n_eval=100", "-p", "eps_grid=[0.0, 0.1, 0.3]")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[1/1] 00_quickstart" in done.stdout and "total" in done.stdout
+    slowest = done.stdout.split("slowest cells:\n")[1].splitlines()
+    assert len(slowest) == 5 and all(" s  00_quickstart cell " in line for line in slowest)
     assert "without encryption" not in done.stdout + done.stderr  # the kernel's sockets are encrypted
     executed = nbformat.read(tmp_path / "results" / "quick" / "00_quickstart.ipynb", as_version=4)
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")

@@ -1,9 +1,11 @@
 """The embedded default foundation model: a small ViT-MAE pre-trained by the kit with the MAE objective.
 
-It stands in for `facebook/vit-mae-large` where nothing can be downloaded. Training is deterministic given the
-seed, checkpoints every epoch (an interrupted run resumes), and the result is saved with `save_pretrained`
-under the cache, keyed by a hash of the config, then loaded through `FoundationModel.from_pretrained` exactly
-like a hub checkpoint.
+It stands in for `facebook/vit-mae-large` where nothing can be downloaded, and ships with the package like a
+downloaded checkpoint (`embedded/<dataset>-seed<seed>/`, each with its card: `cropkit pretrain-fm --ship`
+writes them), one folder per independent pre-training run. Pre-training from scratch stays one call away: it is
+deterministic given the seed, checkpoints every epoch (an interrupted run resumes), and saves with
+`save_pretrained` under the cache, keyed by a hash of the config, the recipe and the data, then loads through
+`FoundationModel.from_pretrained` exactly like a hub checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 from cropkit.core import precision
-from cropkit.core.checkpoint import atomic_directory, cache_key, write_json
+from cropkit.core.checkpoint import atomic_directory, cache_key, read_json, write_json
 from cropkit.core.loop import RunningMeans, cosine_schedule, descend, resumable_training, shuffled_batches
 from cropkit.core.paths import cache_dir
 from cropkit.core.validate import (
@@ -207,24 +209,60 @@ PRESETS: dict[str, MAEConfig] = {
 }
 
 
+SHIPPED = Path(__file__).with_name("embedded")  # the checkpoints that ship with the package, one folder each
+CARD = "card.json"
+
+
+def embedded_config(spec: str) -> MAEConfig:
+    """The pre-training config that `embedded[:<dataset>][@<seed>]` names: the dataset's preset (default
+    mnist5k) with its seed (default 0), one independent pre-training run per seed."""
+    name, _, seed = spec.partition("@")
+    dataset = name.partition(":")[2] or "mnist5k"
+    require(name == "embedded" or name.startswith("embedded:"), "spec", spec, "not an embedded model's name",
+            "write embedded, embedded:<dataset> or either with @<seed>, e.g. embedded@1")
+    require(dataset in PRESETS, "spec", spec, f"No embedded foundation model for {dataset!r}",
+            f"presets exist for {sorted(PRESETS)}; pass one of them, or pre-train with pretrain_mae(MAEConfig(...))")
+    require(seed == "" or seed.isdigit(), "spec", spec, f"the seed {seed!r} is not a whole number",
+            "write the pre-training seed after @, e.g. embedded@1")
+    return replace(PRESETS[dataset], seed=int(seed or 0))
+
+
+def shipped_dir(config: MAEConfig) -> Path:
+    """Where the package keeps the checkpoint of `config`, if it ships one."""
+    return SHIPPED / f"{config.dataset}-seed{config.seed}"
+
+
+def shipped_model(config: MAEConfig, data: ImageData | None = None) -> Path | None:
+    """The shipped checkpoint of `config`, or None: only one whose card says it was pre-trained by this recipe
+    from exactly this config on exactly this data (its digest), so a shipped file never stands in for another."""
+    card = shipped_dir(config) / CARD
+    if not card.is_file():
+        return None
+    made = read_json(card)
+    data = training_data(config) if data is None else data
+    same = (made["recipe"], made["config"], made["data"]) == (RECIPE_VERSION, asdict(config), data.digest())
+    return card.parent if same else None
+
+
 def load_foundation(spec: str | os.PathLike[str] = "embedded", pooling: Pooling = "mean", *,
-                    progress: bool = True) -> FoundationModel:
+                    progress: bool = True, from_scratch: bool = False) -> FoundationModel:
     """The frozen foundation model named by `spec`.
 
-    `embedded` is the kit's ViT-MAE for MNIST-5k and `embedded:<dataset>` the one for another preset dataset
-    (pre-trained on first use, then cached); anything else is a ViT-MAE hub id such as `facebook/vit-mae-large`
-    or a local `save_pretrained` folder.
+    `embedded[:<dataset>][@<seed>]` is the kit's ViT-MAE pre-trained on a preset dataset (default mnist5k) with
+    that seed (default 0): the checkpoint that ships with the package when there is one for it (`shipped_model`),
+    else pre-trained on first use and cached; `from_scratch=True` always pre-trains (cached), as a user without
+    the shipped files would. Anything else is a ViT-MAE hub id such as `facebook/vit-mae-large` or a local
+    `save_pretrained` folder.
     """
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     text("spec", spec)
     choice(("cls", "mean"), "pooling")("pooling", pooling)  # before minutes of pre-training, not after
-    if spec == "embedded" or spec.startswith("embedded:"):
-        dataset = spec.partition(":")[2] or "mnist5k"
-        require(dataset in PRESETS, "spec", spec, f"No embedded foundation model for {dataset!r}",
-                f"presets exist for {sorted(PRESETS)}; pass one of them, or pre-train with "
-                "pretrain_mae(MAEConfig(...))")
-        path = pretrain_mae(PRESETS[dataset], progress=progress)
+    if spec.startswith("embedded"):
+        config = embedded_config(spec)
+        shipped = None if from_scratch else shipped_model(config)
+        path = shipped or pretrain_mae(config, progress=progress)
         model = FoundationModel.from_pretrained(path, pooling=pooling)
-        model.name = f"embedded ViT-MAE ({dataset}, {path.name})"
+        origin = "shipped" if shipped else f"pre-trained here, {path.name}"
+        model.name = f"embedded ViT-MAE ({config.dataset}, seed {config.seed}, {origin})"
         return model
     return FoundationModel.from_pretrained(spec, pooling=pooling)

@@ -224,3 +224,22 @@ def summary(runs: list[NotebookRun]) -> str:
     rows.append(("total", "", f"{sum(r.seconds for r in runs):.0f}", ""))
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def slowest_cells(runs: list[NotebookRun], count: int = 5) -> str:
+    """The `count` slowest cells of the executed notebooks (papermill's per-cell durations), each with its
+    notebook, cell number and section heading: where the next saving is."""
+    cells = []
+    for run in runs:
+        if not run.output.is_file():
+            continue
+        heading = ""
+        for number, cell in enumerate(nbformat.read(run.output, as_version=4).cells, 1):
+            if cell.cell_type == "markdown" and cell.source.lstrip().startswith("#"):
+                heading = cell.source.lstrip().splitlines()[0].lstrip("#").strip()
+            duration = cell.metadata.get("papermill", {}).get("duration")
+            if cell.cell_type == "code" and duration:
+                cells.append((float(duration), run.notebook, number, heading))
+    rows = [f"{seconds:7.0f} s  {notebook} cell {number}  {heading[:60]}"
+            for seconds, notebook, number, heading in sorted(cells, reverse=True)[:count]]
+    return "\n".join(["slowest cells:", *rows]) if rows else ""

@@ -231,7 +231,7 @@ def prefetch(profile: str, only: Iterable[str] | None = None, overrides: Mapping
     for name in sorted(set().union(*(r.datasets for r in plan.runs))):
         lines += [load_dataset(name, split).describe() for split in ("train", "test")]
     for spec in sorted(set().union(*(r.foundations for r in plan.runs))):
-        if spec != "embedded" and not spec.startswith("embedded:"):  # embedded models are trained, not fetched
+        if not spec.startswith("embedded"):  # embedded models ship with the package or are trained, not fetched
             model = FoundationModel.from_pretrained(spec)
             lines.append(f"{spec}: {sum(p.numel() for p in model.parameters()):,} parameters")
     return lines

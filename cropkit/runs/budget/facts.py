@@ -20,7 +20,7 @@ from cropkit.core.paths import resolve
 from cropkit.cropd.autoencoders import build_autoencoder
 from cropkit.data import _ALIASES
 from cropkit.foundation.model import FoundationModel
-from cropkit.foundation.pretrain import PRESETS, build_mae
+from cropkit.foundation.pretrain import CARD, build_mae, embedded_config, shipped_dir
 
 Precision = Literal["bf16", "tf32", "fp32", "host"]
 # H100 SXM dense peaks (FLOP/s): bf16 tensor cores, TF32 tensor cores, fp32 without tensor cores.
@@ -106,11 +106,12 @@ HUB_VIT_MAE: dict[str, dict[str, Any]] = {
 
 
 def foundation_facts(spec: str, channels: int = 3) -> FoundationFacts:
-    """The architecture of the `foundation` parameter: `embedded[:dataset]`, a known hub id or a local folder."""
-    if spec == "embedded" or spec.startswith("embedded:"):
-        config = PRESETS[spec.partition(":")[2] or "mnist5k"]
+    """The architecture of the `foundation` parameter: `embedded[:dataset][@seed]`, a known hub id or a local folder."""
+    if spec.startswith("embedded"):
+        config = embedded_config(spec)
         vit = config.vit_config(dataset_facts(config.dataset).channels)
-        return FoundationFacts(spec, vit.to_dict(), 0, config)
+        shipped = (shipped_dir(config) / CARD).is_file()  # the package's checkpoint: loaded, not pre-trained
+        return FoundationFacts(spec, vit.to_dict(), 0, None if shipped else config)
     folder = resolve(spec)
     if (folder / "config.json").is_file():
         return FoundationFacts(spec, json.loads((folder / "config.json").read_text()), 0)
