@@ -32,6 +32,7 @@ RUNS = os.environ.get("CROPKIT_PAPER_SMOKE_RUNS", "02:cifar2").split(",")
 
 @pytest.mark.paper_smoke
 def test_the_paper_profile_runs_end_to_end_offline(paper_data, vit_mae_large_standin, tmp_path, monkeypatch):
+    monkeypatch.delenv("SMOKE_TEST", raising=False)  # the paper profile's own values, shrunk by SHRINK alone
     monkeypatch.setenv("CROPKIT_DATA", str(paper_data))
     monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "cache"))
     kernel_path = [str(sitecustomize(tmp_path / "site")), os.environ.get("PYTHONPATH", "")]

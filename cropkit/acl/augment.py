@@ -1,6 +1,6 @@
 """The ACL family's augmentations at strength s, on whole batches with per-sample random parameters.
 
-`augment(x, s, generator)` gives one random view of each image (METHOD.md section 2): RandomResizedCrop with
+`augment(x, s, generator)` gives one random view of each image (docs/methods.md section 2): RandomResizedCrop with
 area scale in [1 - 0.9s, 1] and aspect ratio in [3/4, 4/3] (bicubic) with a horizontal flip of probability 0.5;
 ColorJitter(0.4s, 0.4s, 0.4s, 0.1s) with probability 0.8s; grayscale with probability 0.2s. Random parameters
 are drawn from a CPU generator (reproducible anywhere) and applied as tensor ops on the images' device, so a

@@ -1,4 +1,4 @@
-"""Losses of the adversarial contrastive learning family (METHOD.md section 2).
+"""Losses of the adversarial contrastive learning family (docs/methods.md section 2).
 
 - `nt_xent`: SimCLR's NT-Xent over the 2N views of a batch (the positive of view i is its other view; the other
   2N - 2 views are negatives), tau = 0.5.

@@ -1,6 +1,6 @@
 """Robust foundation models by adversarial contrastive learning: ACL, DynACL, their AIR variants, and RCS.
 
-`pretrain_acl(method, air=..., rcs=..., **settings)` runs one training loop for the whole family (METHOD.md
+`pretrain_acl(method, air=..., rcs=..., **settings)` runs one training loop for the whole family (docs/methods.md
 section 2). Each step augments the batch twice at strength s, makes adversarial views by PGD on the NT-Xent of
 the pair (through the `pgd` BatchNorm branch, the model in eval mode as in the official `PGD_contrastive`, so the
 attack moves no running statistic), and minimises, in train mode, `acl_loss` of the natural (`normal` branch)
@@ -91,7 +91,7 @@ class RCSConfig:
 
 @dataclass(frozen=True)
 class ACLConfig:
-    """One pre-training run. Defaults are METHOD.md's full-scale settings, except the optimiser (module docstring)."""
+    """One pre-training run. Defaults are the full-scale settings of docs/methods.md, except the optimiser (module docstring)."""
 
     method: Method = "acl"
     air: bool = False

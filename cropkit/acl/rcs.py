@@ -1,6 +1,6 @@
 """RCS (Xu et al. 2023): robustness-aware coreset selection, which makes ACL cheaper by training on a subset.
 
-Selection is greedy and batch-wise on the projection head's gradients only (METHOD.md section 2): each candidate
+Selection is greedy and batch-wise on the projection head's gradients only (docs/methods.md section 2): each candidate
 batch's gradient of the training loss is taken once; then, until the budget is filled, the batch whose gradient
 has the largest inner product with the gradient of the validation loss (the representational divergence RD of
 PGD examples, `rd_validation_loss`) is picked, the head takes one SGD step along that batch's gradient, and the

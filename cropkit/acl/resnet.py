@@ -1,7 +1,7 @@
 """The ACL family's backbone: a CIFAR-style ResNet with dual BatchNorm, and its 3-layer projection head.
 
 Every BatchNorm is a `DualBatchNorm`: two BatchNorms over the same features, `normal` for clean views and `pgd`
-for adversarial ones (METHOD.md section 2), each with its own affine parameters and running statistics. The
+for adversarial ones (docs/methods.md section 2), each with its own affine parameters and running statistics. The
 branch is chosen per call, `model(x, bn="pgd")`; downstream use takes the `pgd` branch (`RobustEncoder`).
 Normalisation is inside the model, so inputs and attacks live in [0, 1]. `width=64, blocks_per_stage=2` is
 ResNet-18 (3x3 stem, no max-pool); smaller values give the tiny backbones that train on a CPU.

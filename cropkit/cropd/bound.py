@@ -1,4 +1,4 @@
-"""The CRoPD bound, checked on data so that the check can fail (METHOD.md section 1).
+"""The CRoPD bound, checked on data so that the check can fail (docs/methods.md section 1).
 
 Theorem 1 bounds the adversarial loss by the clean loss plus kappa times the encoder's adversarial contrastive
 loss; kappa has no public closed form, so the kit estimates it, and two traps shape how:

@@ -53,7 +53,7 @@ def contrastive_loss(z_adv: Tensor, z: Tensor, labels: Tensor | None = None, tau
 # The batch size at which the kit measures L_con everywhere (training's default batch, so the monitored values
 # are on the scale of the training loss).
 L_CON_BATCH = 128
-# Mean cosine between different images' pooled latents (`theory.latent_similarity`) at which an encoder has
+# Mean cosine between different images' pooled latents (`bound.latent_similarity`) at which an encoder has
 # collapsed: every image maps to about one direction and L_con sits at log(1 + negatives) whatever the input.
 COLLAPSED = 0.95
 

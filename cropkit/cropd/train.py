@@ -1,7 +1,7 @@
 """Training the pre-processor: CRoPD and its auto-encoder baselines.
 
 `train_preprocessor` never sees the foundation model: it takes only a config, builds the auto-encoder and
-trains it on the dataset's training split. Kinds (METHOD.md section 1):
+trains it on the dataset's training split. Kinds (docs/methods.md section 1):
 - `cropd`: MSE reconstruction + lam * L_con(f_en(x_adv), f_en(x)), x_adv from FGSM-RS on L_con through the
   encoder only;
 - `recon`: reconstruction only (lambda = 0);

@@ -1,7 +1,7 @@
 """Robust fine-tuning of the foundation model itself: the expensive alternatives CRoPD is measured against.
 
 `finetune_robust` copies a pipeline, unfreezes the foundation model (all of it, or its last N blocks) and
-trains it on adversarial examples made inside every step by PGD through the copy (METHOD.md section 3):
+trains it on adversarial examples made inside every step by PGD through the copy (docs/methods.md section 3):
 - `aft`: adversarial fine-tuning (Madry et al.), CE on PGD examples of the CE; the head trains too;
 - `tecoa`: TeCoA (Mao et al. 2023), the same loss with the head fixed — for CLIP the head is the text-embedding
   classifier of `cropkit.foundation.clip`, which is what keeps zero-shot transfer to other class sets possible. Its

@@ -1,6 +1,6 @@
 """The attacked object: pre-processor -> frozen foundation model -> head, one module from [0, 1] pixels to logits.
 
-Robustness is only measured on this whole pipeline, white-box, end to end (METHOD.md section 4). Nothing in
+Robustness is only measured on this whole pipeline, white-box, end to end (docs/methods.md section 4). Nothing in
 its forward stops gradients; frozen parts are frozen by `requires_grad_(False)` and `eval()`, and a pipeline
 starts in eval mode: it is built to be attacked and evaluated, and only its head is ever trained. Its parts are
 checked when it is built (modules; a linear head as wide as the foundation model's features) and its input on

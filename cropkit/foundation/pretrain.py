@@ -98,7 +98,7 @@ class MAEConfig:
             mask_ratio=self.mask_ratio,
             norm_pix_loss=self.norm_pix_loss,
             # transformers defaults to 1e-12, which with zero-initialised tokens gives NaN gradients on blank
-            # patches (METHOD.md section 4); 1e-6 is the original MAE's value.
+            # patches (docs/methods.md section 4); 1e-6 is the original MAE's value.
             layer_norm_eps=1e-6,
         )
 
@@ -108,7 +108,7 @@ def build_mae(config: MAEConfig, num_channels: int) -> ViTMAEForPreTraining:
 
     Built from a config, transformers 5.23 leaves both fixed sin-cos position tables (encoder and decoder) at
     zero, so the decoder cannot tell the masked patches apart and the loss never falls below predicting the
-    mean; and it starts the CLS and mask tokens at zero (NaN gradients on blank patches, METHOD.md section 4).
+    mean; and it starts the CLS and mask tokens at zero (NaN gradients on blank patches, docs/methods.md section 4).
     We write the sin-cos tables and draw both tokens from N(0, 0.02), as the original MAE does.
     """
     torch.manual_seed(config.seed)

@@ -1,6 +1,6 @@
 """Numbers reported by the papers the kit reproduces, for display beside the kit's own measurements.
 
-These are citations, not results: each table names its source (`../shared/docs/METHOD.md` summarises them).
+These are citations, not results: each table names its source (`docs/methods.md` summarises them).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ CROPD_PAPER = {
     "identity_cifar10_pgd10_percent": (2.0, 3.0),
 }
 
-# RobustSSL leaderboard (CIFAR-10, ResNet-18, AutoAttack standard, L-inf eps 8/255), via METHOD.md section 2:
+# RobustSSL leaderboard (CIFAR-10, ResNet-18, AutoAttack standard, L-inf eps 8/255), via docs/methods.md section 2:
 # (robust accuracy, standard accuracy) in % for each pre-training method and downstream protocol.
 ROBUSTSSL_LEADERBOARD = {
-    "source": "RobustSSL leaderboard (CIFAR-10, ResNet-18, AutoAttack, L-inf eps 8/255), via METHOD.md",
+    "source": "RobustSSL leaderboard (CIFAR-10, ResNet-18, AutoAttack, L-inf eps 8/255), via docs/methods.md",
     "rows": {
         "ACL": {"SLF": (39.17, 78.22), "ALF": (40.60, 75.53), "AFF": (49.60, 81.25)},
         "DynACL": {"SLF": (45.09, 75.41), "ALF": (45.67, 72.97), "AFF": (50.52, 81.86)},
