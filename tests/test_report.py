@@ -130,3 +130,11 @@ def test_rendering_summaries_does_not_load_nbformat():
     code = "import sys, cropkit.runs.report; sys.exit(sorted({'nbformat', 'jsonschema'} & set(sys.modules)) or None)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_model_measured_once_shows_no_spread_instead_of_nan():
+    from cropkit.eval.stats import seed_spread
+    from cropkit.runs.report import _mean_sd
+
+    assert _mean_sd(seed_spread([0.5])) == "50.0 (one run)"
+    assert _mean_sd(seed_spread([0.5, 0.6])) == "55.0 ± 7.1"

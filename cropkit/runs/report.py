@@ -147,11 +147,17 @@ def _seed_spread_rows(records: list[Record], attack: str) -> list[dict[str, Any]
     rows = []
     for model, found in by_model.items():
         clean, robust = (seed_spread([r[f"{w}_accuracy"] for r in found]) for w in ("clean", "robust"))
-        rows.append({"model": model, "seeds": robust["seeds"],
-                     "clean, mean ± sd": f"{100 * clean['mean']:.1f} ± {100 * clean['std']:.1f}",
-                     f"{attack}, mean ± sd": f"{100 * robust['mean']:.1f} ± {100 * robust['std']:.1f}",
+        rows.append({"model": model, "seeds": robust["seeds"], "clean, mean ± sd": _mean_sd(clean),
+                     f"{attack}, mean ± sd": _mean_sd(robust),
                      f"{attack}, range": f"{100 * robust['min']:.1f}-{100 * robust['max']:.1f}"})
     return rows
+
+
+def _mean_sd(spread: dict[str, float]) -> str:
+    """'mean ± sd' in percent; a model measured once (e.g. Identity, which has no training seed) has no spread."""
+    if spread["seeds"] < 2:
+        return f"{100 * spread['mean']:.1f} (one run)"
+    return f"{100 * spread['mean']:.1f} ± {100 * spread['std']:.1f}"
 
 
 def _main_results(records: list[Record]) -> str:
