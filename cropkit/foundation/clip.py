@@ -19,29 +19,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, PreTrainedTokenizerBase
 
-from cropkit.foundation.model import check_images, pretrained_source
+from cropkit.foundation.model import FrozenImageEncoder, pretrained_source
 from cropkit.foundation.pipeline import Pipeline
 
 TEMPLATE = "This is a photo of a {}"
 
 
-class ClipImageEncoder(nn.Module):
-    """CLIP's frozen image tower and projection: [0, 1] images in, unit-norm embeddings out.
-
-    Grey-scale images are repeated to RGB; resizing to the model's resolution and CLIP's normalisation happen
-    inside, so attacks work in pixel space."""
+class ClipImageEncoder(FrozenImageEncoder):
+    """CLIP's frozen image tower and projection: [0, 1] images in, unit-norm embeddings out (grey-scale repeated to
+    RGB, resized bicubically and normalised inside, so attacks work in pixel space)."""
 
     def __init__(self, clip: CLIPModel, image_mean: Sequence[float], image_std: Sequence[float],
                  name: str = "clip") -> None:
-        super().__init__()
+        super().__init__(image_mean, image_std, image_size=clip.config.vision_config.image_size, num_channels=3,
+                         feature_dim=clip.config.projection_dim, name=name, resize="bicubic")
         self.vision = clip.vision_model
         self.projection = clip.visual_projection
         self.requires_grad_(False).eval()
-        self.name = name
-        self.image_size = int(clip.config.vision_config.image_size)
-        self.feature_dim = int(clip.config.projection_dim)
-        self.register_buffer("mean", torch.tensor(list(image_mean)).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(image_std)).view(1, 3, 1, 1), persistent=False)
 
     def last_blocks(self, n: int) -> list[nn.Module]:
         """The last `n` transformer layers and what follows them (final norm, projection)."""
@@ -50,16 +44,8 @@ class ClipImageEncoder(nn.Module):
             raise ValueError(f"last_blocks must be between 1 and {len(layers)} for this model, got {n}")
         return [*layers[-n:], self.vision.post_layernorm, self.projection]
 
-    def train(self, mode: bool = True) -> ClipImageEncoder:
-        """Stay in eval mode (no dropout in CLIP's tower; fine-tuning changes weights, not behaviour)."""
-        return super().train(False)
-
     def forward(self, x: Tensor) -> Tensor:
-        check_images(x, (1, 3))
-        x = x.expand(-1, 3, -1, -1)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        pooled = self.vision(pixel_values=(x - self.mean) / self.std).pooler_output
+        pooled = self.vision(pixel_values=self.pixels(x)).pooler_output
         return F.normalize(self.projection(pooled), dim=-1)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -78,7 +78,37 @@ def pretrained_source(name_or_path: str | os.PathLike[str], parameter: str = "na
                          "save_pretrained; with one, check the id") from error
 
 
-class FoundationModel(nn.Module):
+class FrozenImageEncoder(nn.Module):
+    """What every frozen foundation model shares: [0, 1] images in (grey-scale repeated to the model's channels),
+    resized and normalised inside, in torch, so that attacks work in pixel space; it stays in eval mode, and
+    `feature_dim` says how wide its pooled features are. Subclasses run the network on `self.pixels(x)`."""
+
+    def __init__(self, image_mean: Sequence[float], image_std: Sequence[float], *, image_size: int, num_channels: int,
+                 feature_dim: int, name: str, resize: str = "bilinear") -> None:
+        super().__init__()
+        self.name, self.resize = name, resize
+        self.image_size, self.num_channels, self.feature_dim = int(image_size), int(num_channels), int(feature_dim)
+        self.register_buffer("mean", torch.tensor(list(image_mean), dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(list(image_std), dtype=torch.float32).view(1, -1, 1, 1),
+                             persistent=False)
+
+    def pixels(self, x: Tensor) -> Tensor:
+        """`x` in [0, 1] as the network's input: its channels, its resolution, its normalisation."""
+        check_images(x, (1, 3) if self.num_channels == 3 else (self.num_channels,))
+        if x.shape[1] != self.num_channels:  # grey-scale images into an RGB model
+            x = x.expand(-1, self.num_channels, -1, -1)
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode=self.resize, align_corners=False)
+        return (x - self.mean) / self.std
+
+    def train(self, mode: bool = True) -> FrozenImageEncoder:
+        """Stay in eval mode whatever the caller asks: the foundation model is frozen (fine-tuning changes its
+        weights, not its behaviour)."""
+        return super().train(False)
+
+
+class FoundationModel(FrozenImageEncoder):
     """Frozen ViT-MAE encoder: [0, 1] images of any size in, pooled features (N, hidden_size) out."""
 
     def __init__(
@@ -89,20 +119,15 @@ class FoundationModel(nn.Module):
         pooling: Pooling = "mean",
         name: str = "vit-mae",
     ) -> None:
-        super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
-        encoder.config.mask_ratio = 0.0  # keep every patch (see the module docstring)
+        config = encoder.config
+        super().__init__(image_mean, image_std, image_size=config.image_size, num_channels=config.num_channels,
+                         feature_dim=config.hidden_size, name=name)
+        config.mask_ratio = 0.0  # keep every patch (see the module docstring)
         self.encoder = encoder.requires_grad_(False).eval()
         self.pooling = pooling
-        self.name = name
-        config = encoder.config
-        self.image_size = int(config.image_size)
-        self.num_channels = int(config.num_channels)
-        self.feature_dim = int(config.hidden_size)
         num_patches = (self.image_size // int(config.patch_size)) ** 2
-        self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("noise", torch.arange(num_patches, dtype=torch.float32).unsqueeze(0), persistent=False)
 
     @classmethod
@@ -131,18 +156,8 @@ class FoundationModel(nn.Module):
             raise ValueError(f"last_blocks must be between 1 and {len(layers)} for this model, got {n}")
         return [*layers[-n:], self.encoder.layernorm]
 
-    def train(self, mode: bool = True) -> FoundationModel:
-        """Stay in eval mode whatever the caller asks: the foundation model is frozen."""
-        return super().train(False)
-
     def forward(self, x: Tensor) -> Tensor:
-        allowed = (1, 3) if self.num_channels == 3 else (self.num_channels,)
-        check_images(x, allowed)
-        if x.shape[1] != self.num_channels:  # grey-scale images into an RGB model
-            x = x.expand(-1, self.num_channels, -1, -1)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        x = (x - self.mean) / self.std
+        x = self.pixels(x)
         noise = self.noise.expand(x.shape[0], -1)
         hidden = self.encoder(pixel_values=x.to(self.encoder.dtype), noise=noise).last_hidden_state
         pooled = hidden[:, 0] if self.pooling == "cls" else hidden[:, 1:].mean(dim=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
+from transformers import AutoConfig, ViTImageProcessor, ViTMAEConfig, ViTMAEForPreTraining
 from transformers.models.vit_mae.modeling_vit_mae import build_2d_sinusoidal_position_embedding
 
 from cropkit.core import precision
@@ -38,7 +38,8 @@ from cropkit.core.validate import (
     text,
 )
 from cropkit.data import ImageData, load_dataset
-from cropkit.foundation.model import FoundationModel, Pooling, quiet_transformers
+from cropkit.foundation.backbone import HubBackbone
+from cropkit.foundation.model import FoundationModel, Pooling, pretrained_source, quiet_transformers
 
 # Bump when a code change alters what pre-training produces for the same config (it keys the cache).
 RECIPE_VERSION = 1
@@ -251,8 +252,10 @@ def load_foundation(spec: str | os.PathLike[str] = "embedded", pooling: Pooling 
     `embedded[:<dataset>][@<seed>]` is the kit's ViT-MAE pre-trained on a preset dataset (default mnist5k) with
     that seed (default 0): the checkpoint that ships with the package when there is one for it (`shipped_model`),
     else pre-trained on first use and cached; `from_scratch=True` always pre-trains (cached), as a user without
-    the shipped files would. Anything else is a ViT-MAE hub id such as `facebook/vit-mae-large` or a local
-    `save_pretrained` folder.
+    the shipped files would. Anything else is a hub id or a local `save_pretrained` folder: a ViT-MAE (such as
+    `facebook/vit-mae-large`) becomes a `FoundationModel`, any other vision backbone (ViT, DINOv2, ConvNeXt, ...) a
+    `HubBackbone`, whose `pooling="mean"` (the default) takes the model's own pooled output and `"cls"` its CLS
+    token.
     """
     spec = os.fspath(spec) if isinstance(spec, os.PathLike) else spec
     text("spec", spec)
@@ -265,4 +268,8 @@ def load_foundation(spec: str | os.PathLike[str] = "embedded", pooling: Pooling 
         origin = "shipped" if shipped else f"pre-trained here, {path.name}"
         model.name = f"embedded ViT-MAE ({config.dataset}, seed {config.seed}, {origin})"
         return model
-    return FoundationModel.from_pretrained(spec, pooling=pooling)
+    with quiet_transformers(), pretrained_source(spec):
+        model_type = AutoConfig.from_pretrained(spec).model_type
+    if model_type == "vit_mae":
+        return FoundationModel.from_pretrained(spec, pooling=pooling)
+    return HubBackbone.from_pretrained(spec, pooling="cls" if pooling == "cls" else "pooler")
