@@ -13,6 +13,8 @@ instead of failing deep inside torch or, worse, reporting a number. Messages rea
   at_most=...)`, `positive`, `non_negative`, `fraction()`, `choice(options)`, `boolean`, `text`, `radius`,
   `optional(rule)`.
 - `pixels(name, x)`: a float image batch with every value in [0, 1].
+- `items(name, value, kind, ...)`: a list of items of one type (models, numbers), enough of them;
+  `record_list(name, value, ...)`: a list of records (dicts), enough of them, each holding the fields it needs.
 - `check_adversarial(...)`: what `evaluate` checks after every attacked batch (what it checks before it starts is
   `cropkit.eval.inputs`).
 """
@@ -23,7 +25,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +201,35 @@ def optional(rule: Rule) -> Rule:
             rule(name, value)
 
     return check
+
+
+def items(name: str, value: Any, kind: type | tuple[type, ...], what: str, fix: str, *, at_least: int = 1,
+          where: Callable[[Any], bool] | None = None, counted: str | None = None,
+          needs: Sequence[str] = ()) -> list[Any]:
+    """`value` as a list: an iterable (not a single item, a string or a mapping) of `kind` items (each called a
+    `what`), at least `at_least` of them passing `where` (all, without it; called `counted`), each of those holding
+    the keys `needs`. Use the list returned: a generator is read here."""
+    single = isinstance(value, (str, bytes, Mapping, kind))
+    require(not single and isinstance(value, Iterable), name, value,
+            f"a single {type(value).__name__}, not a list of {what}s" if single else f"not a list of {what}s", fix)
+    listed = list(value)
+    for i, item in enumerate(listed):
+        require(isinstance(item, kind), f"{name}[{i}]", item, f"a {type(item).__name__}, not a {what}", fix)
+    chosen = [(i, item) for i, item in enumerate(listed) if where is None or where(item)]
+    counted = counted or what
+    require(len(chosen) >= at_least, name, value, f"{len(chosen)} {counted}(s), fewer than {at_least}" if chosen
+            else f"no {counted}s", fix)
+    for i, item in chosen:
+        missing = [key for key in needs if key not in item]
+        require(not missing, f"{name}[{i}]", item, "lacks " + ", ".join(map(repr, missing)), fix)
+    return listed
+
+
+def record_list(name: str, value: Any, *, at_least: int = 1, where: Callable[[dict], bool] | None = None,
+                counted: str | None = None, needs: Sequence[str] = (),
+                fix: str = "pass a list of records (dicts), e.g. load_records(path) or run.written") -> list[dict]:
+    """`items` for records: a list of dicts (at least `at_least`, of those passing `where`) holding `needs`."""
+    return items(name, value, dict, "record", fix, at_least=at_least, where=where, counted=counted, needs=needs)
 
 
 def check_fields(owner: object, **rules: Rule) -> None:

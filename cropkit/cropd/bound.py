@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from cropkit.core.checkpoint import atomic_write_bytes, measurement_path, module_digest, reading
 from cropkit.core.paths import cache_dir
 from cropkit.core.precision import describe
+from cropkit.core.validate import Summary, items, require
 from cropkit.cropd.losses import L_CON_BATCH, contrastive_terms
 from cropkit.data import ImageData
 from cropkit.eval.attacks import pgd
@@ -181,11 +182,15 @@ def _kappa(gaps: np.ndarray, quantities: np.ndarray) -> float:
     return float(max(0.0, np.max(gaps[positive] / quantities[positive]))) if positive.any() else 0.0
 
 
-def _stacked(family: Sequence[BoundTerms], attack: LConAttack, quantity: Quantity) -> tuple[np.ndarray, np.ndarray]:
-    """(models, examples) arrays of the gap and of the right side's quantity."""
-    n = len(family[0].clean_ce)
-    if any(len(t.clean_ce) != n for t in family):
-        raise ValueError("every model's terms must be measured on the same examples")
+def _stacked(family: Sequence[BoundTerms], attack: LConAttack, quantity: Quantity,
+             name: str = "family") -> tuple[np.ndarray, np.ndarray]:
+    """(models, examples) arrays of the gap and of the right side's quantity (`name`: the argument `family` came
+    from, for the message)."""
+    lengths = [len(t.clean_ce) for t in family]
+    shown = Summary(f"terms on {lengths} examples")
+    require(len(set(lengths)) == 1, name, shown, "every model's terms must be measured on the same examples",
+            "measure bound_terms of every model on the same data")
+    require(lengths[0] > 0, name, shown, "measured on no examples", "measure bound_terms on held-out images")
     gaps = torch.stack([t.gap for t in family]).double().numpy()
     return gaps, torch.stack([t.quantity(attack, quantity) for t in family]).double().numpy()
 
@@ -225,9 +230,8 @@ def fit_bound(family: Sequence[BoundTerms], *, l_con_attack: LConAttack = "pgd",
     The bound holds on the fitted family by construction (the model that sets kappa has zero slack): test it on
     models the fit did not see (`cross_validate`, `holdout_slack`).
     """
-    if len(family) < 2:
-        raise ValueError(f"fit_bound needs at least two models to relate the robustness gap to {quantity}, "
-                         f"got {len(family)}")
+    family = items("family", family, BoundTerms, "model", "pass the bound_terms of at least two models measured on "
+                   f"the same examples (kappa relates the robustness gap to {quantity} across models)", at_least=2)
     gaps, quantities = _stacked(family, l_con_attack, quantity)
     mean_gap, mean_quantity = gaps.mean(1), quantities.mean(1)
     kappa = _kappa(mean_gap, mean_quantity)
@@ -250,7 +254,11 @@ def holdout_slack(fitted: Sequence[BoundTerms], held_out: BoundTerms, *, l_con_a
     minus adversarial CE) with a bootstrap interval over examples (kappa refitted in every draw, `slack_low` to
     `slack_high`), and the verdict: "violated" when the whole interval is below zero, "holds" when above, else
     "not resolved"."""
-    gaps, quantities = _stacked([*fitted, held_out], l_con_attack, quantity)
+    fitted = items("fitted", fitted, BoundTerms, "model", "pass the bound_terms of the models to fit kappa on (one "
+                   "or more, measured on held_out's examples)")
+    require(isinstance(held_out, BoundTerms), "held_out", held_out, "not a BoundTerms",
+            "pass the bound_terms of the model to test the bound on")
+    gaps, quantities = _stacked([*fitted, held_out], l_con_attack, quantity, "fitted and held_out")
     mean_gap, mean_quantity = gaps.mean(1), quantities.mean(1)
 
     def slack(g: np.ndarray, q: np.ndarray) -> float:
@@ -269,8 +277,8 @@ def holdout_slack(fitted: Sequence[BoundTerms], held_out: BoundTerms, *, l_con_a
 def cross_validate(family: Sequence[BoundTerms], **kwargs: object) -> pd.DataFrame:
     """Leave each model out in turn: kappa fitted on the others, the bound tested on it (`holdout_slack`). Rows
     with the verdict "violated" are where the bound, as fitted, fails out of sample."""
-    if len(family) < 3:
-        raise ValueError(f"cross-validating the bound needs at least three models, got {len(family)}")
+    family = items("family", family, BoundTerms, "model", "pass the bound_terms of at least three models (each held "
+                   "out in turn, kappa fitted on the others)", at_least=3)
     return pd.DataFrame([holdout_slack([t for t in family if t is not m], m, **kwargs) for m in family])
 
 

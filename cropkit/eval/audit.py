@@ -13,12 +13,14 @@ pipeline in several ways and returns named checks, each pass/fail with its evide
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 from torch import nn
 
+from cropkit.core.validate import items, require
 from cropkit.data import ImageData
 from cropkit.eval.attacks import AttackSpec, pgd
 from cropkit.eval.checks import SAMPLE, AuditReport, Check, input_gradient, structural_checks
@@ -57,8 +59,12 @@ def run(
     (default: two examples' worth, at least 2 points); `near_zero` the accuracy the largest eps
     (eps * max(eps_factors), capped at 1) must reach.
     """
-    if 10 not in steps or max(steps) <= 10:
-        raise ValueError(f"steps must include 10 and a larger count (the checks compare with PGD-10), got {steps}")
+    eps_factors = items("eps_factors", eps_factors, numbers.Real, "number", "pass multiples of eps to attack at, "
+                        "e.g. (0.25, 0.5, 1, 2, 4, 8)")
+    steps_fix = "pass PGD step counts including 10 and a larger one, e.g. (1, 5, 10, 20, 50)"
+    steps = items("steps", steps, numbers.Integral, "whole number", steps_fix)
+    require(10 in steps and max(steps) > 10, "steps", steps, "must include 10 and a larger count (the checks compare "
+            "with PGD-10)", steps_fix)
     x, y = data.tensors()
     tolerance = max(0.02, 2 / len(y)) if tolerance is None else tolerance
     checks = structural_checks(pipeline, x[:SAMPLE], y[:SAMPLE], data.num_classes)

@@ -44,7 +44,7 @@ import torch
 
 from cropkit.core.checkpoint import atomic_write_bytes
 from cropkit.core.paths import project_root, resolve
-from cropkit.core.validate import choice, require
+from cropkit.core.validate import choice, record_list, require
 from cropkit.eval.stats import Comparison, compare, format_accuracy, wilson_interval
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ TRACKED_PACKAGES = ("torch", "torchvision", "transformers", "torchattacks", "num
 RUN_ENV = "CROPKIT_RUN_ID"  # set by `cropkit reproduce` for each notebook it runs
 RUNS_FILE = "runs.jsonl"
 RUN_STATUSES = ("running", "ok", "failed", "interrupted")
+ACCURACY_FIELDS = ("clean_accuracy", "clean_interval", "robust_accuracy", "robust_interval")  # of an evaluation
+EVALUATIONS_FIX = "pass evaluation records (what cropkit.eval.evaluate or run.evaluate returns)"
 
 
 def device_name(device: torch.device | str) -> str:
@@ -236,6 +238,9 @@ def decode_outcomes(encoded: str, n: int) -> np.ndarray:
 def accuracy_fields(correct: np.ndarray | torch.Tensor, which: str = "clean") -> dict[str, Any]:
     """`{which}_accuracy` and its 95% Wilson `{which}_interval` for per-example booleans."""
     correct = np.asarray(correct, dtype=bool)
+    require(correct.ndim == 1 and len(correct) > 0, "correct", correct,
+            "not one or more per-example outcomes (a 1-d array): an accuracy of no examples is undefined",
+            "pass one boolean per evaluated example")
     return {f"{which}_accuracy": float(correct.mean()),
             f"{which}_interval": wilson_interval(int(correct.sum()), len(correct))}
 
@@ -288,8 +293,8 @@ def pooled(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One model's evaluations on disjoint sets of examples (e.g. its `class_records` of several classes) as one record
     over all of them, outcomes concatenated in the given order: two models pooled over the same parts in the same
     order compare paired."""
-    if not records:
-        raise ValueError("pooled needs at least one record")
+    records = record_list("records", records, needs=("model", "attack", "eps", "examples", "n_examples"),
+                          fix="pass evaluation records of one model on disjoint examples, e.g. its class_records")
     first = records[0]
     if any((r["model"], r["attack"], r["eps"]) != (first["model"], first["attack"], first["eps"]) for r in records):
         raise ValueError("pooled combines records of one model, one attack and one eps")
@@ -306,8 +311,9 @@ def pooled(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def worst_case(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The per-example worst case over attacks run on one model and one example set: an example counts as robust
     only if every attack left it correct (what AutoAttack reports, and what a defence is judged by)."""
-    if not records:
-        raise ValueError("worst_case needs at least one record")
+    records = record_list("records", records, needs=("model", "attack", "eps", "attack_settings", "n_examples",
+                                                     "runtime_s"),
+                          fix="pass one model's evaluations of one example set under several attacks (evaluate's)")
     first = records[0]
     if any((r["model"], r.get("examples"), r["eps"]) != (first["model"], first.get("examples"), first["eps"])
            for r in records):
@@ -335,6 +341,8 @@ def accuracy_table(records: Iterable[dict[str, Any]], index: str | list[str] = "
     import pandas as pd
 
     keys = [index] if isinstance(index, str) else list(index)
+    records = record_list("records", records, where=lambda r: bool(r.get("attack")), counted="evaluation record",
+                          needs=(*keys, "attack", "n_examples", *ACCURACY_FIELDS), fix=EVALUATIONS_FIX)
     frame = pd.DataFrame([r for r in records if r.get("attack")])
     largest = frame.groupby(keys, sort=False)["n_examples"].transform("max")
     frame["column"] = [a if n == m else f"{a} (n={n})" for a, n, m in zip(frame["attack"], frame["n_examples"], largest)]

@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from cropkit.core.validate import items, require
 
 LEVEL = 0.95
 ALPHA = 0.05
@@ -100,9 +103,11 @@ def mcnemar_p_value(only_a: int, only_b: int) -> float:
 def compare(a: str, correct_a: np.ndarray, b: str, correct_b: np.ndarray, level: float = LEVEL) -> Comparison:
     """Paired comparison of two models from their per-example outcomes (booleans, the same examples in order)."""
     correct_a, correct_b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    if correct_a.shape != correct_b.shape or correct_a.ndim != 1 or len(correct_a) == 0:
-        raise ValueError(f"a paired comparison needs outcomes on the same examples, got {correct_a.shape} and "
-                         f"{correct_b.shape}")
+    require(correct_a.ndim == 1 and len(correct_a) > 0, "correct_a", correct_a,
+            "not one or more per-example outcomes (a 1-d array)", "pass one boolean per example, in example order")
+    require(correct_b.shape == correct_a.shape, "correct_b", correct_b, f"not the shape {correct_a.shape} of "
+            "correct_a: a paired comparison needs outcomes on the same examples",
+            "pass both models' outcomes on the same examples, in the same order")
     both, neither = int((correct_a & correct_b).sum()), int((~correct_a & ~correct_b).sum())
     only_a, only_b = int((correct_a & ~correct_b).sum()), int((~correct_a & correct_b).sum())
     n = len(correct_a)
@@ -127,6 +132,7 @@ def mcnemar_sample_size(difference: float, discordant: float, alpha: float = ALP
 
 def seed_spread(values: Sequence[float]) -> dict[str, float]:
     """Mean, sample standard deviation, minimum and maximum of a number measured with several training seeds."""
-    values = np.asarray(values, dtype=float)
+    values = np.asarray(items("values", values, numbers.Real, "number", "pass one accuracy per training seed, e.g. "
+                              "[0.52, 0.55]"), dtype=float)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
             "min": float(values.min()), "max": float(values.max()), "seeds": len(values)}

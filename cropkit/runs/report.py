@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from cropkit.core.checkpoint import atomic_write_bytes
 from cropkit.core.paths import project_root
+from cropkit.core.validate import choice, items, record_list, require
 from cropkit.cropd.losses import COLLAPSED
-from cropkit.eval.records import RUNS_FILE, compare_records, load_records, pooled
+from cropkit.eval.records import ACCURACY_FIELDS, EVALUATIONS_FIX, RUNS_FILE, compare_records, load_records, pooled
 from cropkit.eval.stats import format_accuracy, mcnemar_sample_size, seed_spread
 
 if TYPE_CHECKING:  # nbformat is imported where notebooks are written: it loads jsonschema, whose URI grammar alone
@@ -33,23 +34,28 @@ _IDENTITY = ("kind", "model", "method", "dataset", "split", "n_examples", "examp
              "features", "quantity", "l_con_attack", "held_out", "budget_epochs", "pgd_steps")
 
 
+def _is_kind(kind: str) -> Callable[[Record], bool]:
+    return lambda r: r.get("kind") == kind
+
+
 def latest(records: Iterable[Record]) -> list[Record]:
     """The last record of each measurement (same model, data, examples, attack, eps and seed), in first-seen order:
     a notebook run again appends new records, and the newest one speaks."""
     chosen: dict[str, Record] = {}
-    for record in records:
+    for record in record_list("records", records, at_least=0):
         chosen[repr([record.get(k) for k in _IDENTITY])] = record
     return list(chosen.values())
 
 
 def evaluations(records: Iterable[Record], **match: Any) -> list[Record]:
     """Evaluation records (those with an attack) whose fields equal `match`, e.g. `attack="PGD-10"`."""
-    return [r for r in records if r.get("attack") and all(r.get(k) == v for k, v in match.items())]
+    return [r for r in record_list("records", records, at_least=0)
+            if r.get("attack") and all(r.get(k) == v for k, v in match.items())]
 
 
 def one(records: Iterable[Record], **match: Any) -> Record:
     """The single latest record matching `match` (evaluations, or any kind with `kind=`)."""
-    pool = list(records)
+    pool = record_list("records", records, at_least=0)
     found = [r for r in pool if all(r.get(k) == v for k, v in match.items())]
     if not found:
         raise LookupError(f"no record with {match}")
@@ -72,7 +78,9 @@ def claim(a: Record, b: Record, which: str = "robust", *, a_name: str | None = N
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A markdown table of `rows` (dicts), columns in the given or first-seen order."""
+    """A markdown table of `rows` (dicts), columns in the given or first-seen order (no rows: `columns` only)."""
+    rows = items("rows", rows, dict, "row", "pass a list of dicts, one per row (or the columns of an empty table)",
+                 at_least=0 if columns else 1)
     columns = list(columns or dict.fromkeys(k for row in rows for k in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
@@ -83,7 +91,7 @@ def accuracy_rows(records: Iterable[Record], index: Callable[[Record], str] = la
     """One row per `index(record)`: its clean accuracy and each attack's robust accuracy, all with intervals,
     and n (the rows' evaluations must share their examples to be compared in a column)."""
     rows: dict[str, dict[str, Any]] = {}
-    for r in records:
+    for r in record_list("records", records, needs=("n_examples", "attack", *ACCURACY_FIELDS), fix=EVALUATIONS_FIX):
         row = rows.setdefault(index(r), {"model": index(r), "n": r["n_examples"], "clean": accuracy(r, "clean")})
         row[r["attack"]] = accuracy(r)
     return list(rows.values())
@@ -91,6 +99,8 @@ def accuracy_rows(records: Iterable[Record], index: Callable[[Record], str] = la
 
 def attack_table(records: Sequence[Record]) -> str:
     """One model's evaluations as a markdown table: a row per attack with n, clean and robust accuracy."""
+    records = record_list("records", records, needs=("attack", "eps", "n_examples", *ACCURACY_FIELDS),
+                          fix=EVALUATIONS_FIX)
     return table([{"attack": r["attack"], "eps": f"{r['eps']:.4g}", "n": r["n_examples"],
                    "clean": accuracy(r, "clean"), "robust": accuracy(r)} for r in records])
 
@@ -100,6 +110,8 @@ def attack_table(records: Sequence[Record]) -> str:
 
 def probes(records: list[Record]) -> str:
     """Notebook 00's linear probes: frozen features against raw pixels, paired on the test split."""
+    records = record_list("records", records, where=_is_kind("linear-probe"), counted="linear-probe record",
+                          fix="pass notebook 00's records, which hold a probe on frozen features and one on raw pixels")
     features, pixels = one(records, kind="linear-probe", features="foundation"), one(records, kind="linear-probe",
                                                                                       features="pixels")
     return (f"Linear probe on {features['dataset']} ({features['n_examples']} test images): frozen "
@@ -283,10 +295,15 @@ def _robust_finetuning(records: list[Record]) -> str:
 def frontier(records: Iterable[Record], target: float) -> str:
     """For each method of notebook 07's cost records: the cheapest budget whose worst-case accuracy reaches `target`,
     its FLOPs and their ratio to CRoPD's (a lower bound where a method never reaches it)."""
+    records = record_list("records", records, where=_is_kind("cost"), counted="cost record",
+                          needs=("method", "flops", "robust_accuracy", "robust_interval", "budget_epochs"),
+                          fix="pass notebook 07's records (its cost records, CRoPD's among them)")
     by_method: dict[str, list[Record]] = {}
     for r in latest(records):
         if r.get("kind") == "cost":
             by_method.setdefault(r["method"], []).append(r)
+    require(any(m.startswith("CRoPD") for m in by_method), "records", records, f"cost records of {list(by_method)} "
+            "only, none of CRoPD, against whose FLOPs the others are measured", "add CRoPD's cost records")
     reached = {m: next((r for r in sorted(rs, key=lambda r: r["flops"]) if r["robust_accuracy"] >= target), None)
                for m, rs in by_method.items()}
     cropd = next(m for m in by_method if m.startswith("CRoPD"))
@@ -344,8 +361,7 @@ NOT_ROBUST = 0.05  # a family whose best robust accuracy has its 95% upper bound
 def saturation(records: Sequence[Record]) -> Record:
     """Of evaluations on the same examples in order of size, the smallest that no larger one beats on robust accuracy
     (paired exact McNemar): where robustness stops improving, as far as this evaluation can resolve."""
-    if not records:
-        raise ValueError("saturation needs at least one evaluation")
+    records = record_list("records", records, fix="pass evaluations on the same examples, in order of size")
     return next(r for i, r in enumerate(records) if not any(_beats(s, r) for s in records[i + 1:]))
 
 
@@ -525,10 +541,22 @@ SUMMARIES: dict[str, Callable[[list[Record]], str]] = {
 }
 
 
+# What each summary reads first (the others: worst-case evaluations), so that another notebook's records are refused.
+_READS: dict[str, tuple[str, Callable[[Record], bool]]] = {
+    "00_quickstart": ("linear-probe record", _is_kind("linear-probe")),
+    "01_theory_bound": ("bound-fit record", _is_kind("bound-fit")),
+    "07_cost": ("cost record", _is_kind("cost")),
+    "08_robustness_audit": ("evaluation", lambda r: bool(r.get("attack"))),
+}
+_WORST_CASE = ("worst-case evaluation", lambda r: r.get("attack") == "worst case")
+
+
 def summary(notebook: str, records: Iterable[Record]) -> str:
     """The closing summary of `notebook` (e.g. "02_main_results") from its records, as markdown."""
-    if notebook not in SUMMARIES:
-        raise ValueError(f"no summary for notebook {notebook!r}; have {sorted(SUMMARIES)}")
+    choice(tuple(SUMMARIES), "notebook")("notebook", notebook)
+    counted, reads = _READS.get(notebook, _WORST_CASE)
+    records = record_list("records", records, where=reads, counted=counted,
+                          fix=f"pass the records notebook {notebook} wrote (run.written, or load_records of its file)")
     return SUMMARIES[notebook](latest(records))
 
 
@@ -545,6 +573,20 @@ def load_reference(profile: str, folder: Path | None = None) -> dict[str, list[R
     return {path.stem: load_records(path) for path in sorted(folder.glob("[0-9][0-9]_*.jsonl"))}
 
 
+def _check_notebooks(name: str, value: Any, fix: str, at_least: int = 1) -> None:
+    """Refuse `value` unless it maps notebook names to lists of records (as `load_reference` returns), with records
+    of at least `at_least` notebooks."""
+    require(isinstance(value, dict), name, value, "not a dict of each notebook's records", fix)
+    require(len(value) >= at_least, name, value, "no notebook's records", fix)
+    for notebook, records in value.items():
+        record_list(f"{name}[{notebook!r}]", records, at_least=0, fix=fix)
+
+
+def _reference_fix(profile: str) -> str:
+    return (f"pass load_reference({profile!r}) once reference/{profile}/ holds records (`cropkit reproduce --profile "
+            f"{profile}`, then `cropkit report --profile {profile} --update-from results/{profile}`)")
+
+
 def _sections(by_notebook: dict[str, list[Record]], names: Iterable[str], level: str) -> list[str]:
     parts = []
     for name in names:
@@ -559,6 +601,7 @@ def _sections(by_notebook: dict[str, list[Record]], names: Iterable[str], level:
 
 def render(profile: str, by_notebook: dict[str, list[Record]]) -> str:
     """The results page: every notebook's summary from its records, with where they came from."""
+    _check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
     return "\n".join([
         f"# Results of the `{profile}` profile\n",
         f"Generated by `cropkit report --profile {profile}` from the records in `reference/{profile}/` (each record "
@@ -574,6 +617,7 @@ def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
     """The README's generated results: the headline notebooks' summaries (every notebook's for the profiles other
     than quick, whose references hold only the notebooks run at CPU size), where the rest is, and (for the profile
     whose outputs are committed) each notebook's wall-clock in the run that made them."""
+    _check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
     seconds = {p.stem: json.loads(p.read_text(encoding="utf-8"))["metadata"].get("cropkit", {}).get("seconds")
                for p in sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))} if profile == "quick" else {}
     timing = (["Wall-clock of each notebook in the run that made this reference: "
@@ -609,6 +653,7 @@ def write(profile: str) -> list[Path]:
 
 def last_run(records: list[Record]) -> list[Record]:
     """The records of the last run among `records` (by `run_id`; records without one form a single run)."""
+    records = record_list("records", records, at_least=0)
     last = records[-1].get("run_id") if records else None
     return [r for r in records if r.get("run_id") == last]
 
@@ -703,6 +748,9 @@ def _comparison_key(notebook: str, record: Record) -> str:
 def moved(reference: dict[str, list[Record]], produced: dict[str, list[Record]]) -> list[str]:
     """Every reference number that a new run did not reproduce: absent, or outside the reference record's 95%
     interval (accuracies: Wilson; kappa: bootstrap). Timings and costs are not compared. Empty when all agree."""
+    _check_notebooks("reference", reference, "pass a profile's reference records, load_reference(profile): with "
+                     "none, no number would be compared and the run would pass")
+    _check_notebooks("produced", produced, "pass the new run's records, load_reference(profile, folder)", at_least=0)
     found = {_comparison_key(nb, r): r for nb, records in produced.items() for r in latest(records)}
     problems = []
     for notebook, records in reference.items():
