@@ -4,7 +4,8 @@ The library behind the numbered notebooks, one subpackage per part of the papers
 the layers below it (the contract in `pyproject.toml`, checked by the test suite):
 - `cropkit.runs`: notebook runs, batch reproduction, reports, the compute plan (the top layer);
 - `cropkit.cropd`, `cropkit.acl`, `cropkit.finetune`: the three method families, independent of each other;
-- `cropkit.eval`: attacks, evaluation, the gradient-masking audit, records and statistics, the SLF / ALF heads;
+- `cropkit.eval`: attacks, evaluation, the gradient-masking audit, records and statistics, the SLF / ALF heads,
+  `benchmark` (a RobustBench-style evaluation and model card in one call);
 - `cropkit.foundation`: frozen foundation models (the embedded ViT-MAE, hub ViT-MAE, CLIP), heads, the pipeline;
 - `cropkit.data`: datasets; `cropkit.core`: files and caches, input checks, progress, devices, the training loop.
 """
