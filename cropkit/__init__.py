@@ -11,3 +11,12 @@ the layers below it (the contract in `pyproject.toml`, checked by the test suite
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """`cropkit.benchmark`, imported on first use: the package's own import stays light (PEP 562)."""
+    if name == "benchmark":
+        from cropkit.eval.benchmarking import benchmark
+
+        return benchmark
+    raise AttributeError(f"module 'cropkit' has no attribute {name!r}")

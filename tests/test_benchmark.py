@@ -1,18 +1,19 @@
-"""`cropkit.eval.benchmark`: one call writes a RobustBench-style card that agrees with the result and the records,
+"""`cropkit.benchmark`: one call writes a RobustBench-style card that agrees with the result and the records,
 and refuses bad arguments before any work."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import numpy as np
 import pytest
 from torch import nn
 
+import cropkit
 from cropkit.core.validate import InputError
 from cropkit.data import load_dataset
-from cropkit.eval import benchmark
+from cropkit.eval import benchmarking as module
+from cropkit.eval.benchmarking import benchmark
 from cropkit.eval.records import load_records, outcomes
 
 ROBUSTBENCH_FIELDS = {"link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
@@ -20,11 +21,10 @@ ROBUSTBENCH_FIELDS = {"link", "name", "authors", "additional_data", "number_forw
 KIT_FIELDS = {"version", "model", "license", "threat_model", "eps", "split", "n_examples", "examples", "seeds",
               "weights", "parameters", "clean", "robust_acc", "worst_case_acc", "attacks", "evaluation", "audit",
               "records", "device", "versions", "commit", "timestamp", "run_id"}
-module = importlib.import_module("cropkit.eval.benchmark")  # `cropkit.eval.benchmark` is the function
 
 
 def test_benchmark_writes_a_card_that_agrees_with_the_result_and_the_records(tiny_pipeline, tmp_path):
-    result = benchmark(tiny_pipeline, "mnist5k", eps=0.01, model_name="Tiny2025Pipeline", n=16, steps=2, pgd_steps=2,
+    result = cropkit.benchmark(tiny_pipeline, "mnist5k", eps=0.01, model_name="Tiny2025Pipeline", n=16, steps=2, pgd_steps=2,
                        results_dir=tmp_path, license="MIT", submission={"venue": "nowhere", "reported": "50.0"})
 
     assert result.card == tmp_path / "mnist5k" / "Linf" / "Tiny2025Pipeline.json"
