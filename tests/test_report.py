@@ -138,3 +138,26 @@ def test_a_model_measured_once_shows_no_spread_instead_of_nan():
 
     assert _mean_sd(seed_spread([0.5])) == "50.0 (one run)"
     assert _mean_sd(seed_spread([0.5, 0.6])) == "55.0 ± 7.1"
+
+
+def test_committed_outputs_carry_no_machine_path_or_object_address(tmp_path):
+    import nbformat
+
+    from cropkit.runs.report import clean_outputs
+
+    cell = nbformat.v4.new_code_cell("run.save(fig, 'x.png')")
+    cell.outputs = [
+        nbformat.v4.new_output("execute_result", {"text/html": "<table></table>",
+                                                  "text/plain": "<pandas.io.formats.style.Styler at 0x7f4562cfc050>"}),
+        nbformat.v4.new_output("execute_result", {"text/plain": f"PosixPath('{tmp_path}/figures/quick/x.png')"}),
+        nbformat.v4.new_output("stream", name="stdout", text=f"records in {tmp_path}/results/quick/00.jsonl\n"),
+        nbformat.v4.new_output("stream", name="stderr", text=f"model in {tmp_path}/cache/preprocessors/x: collapsed\n"),
+        nbformat.v4.new_output("execute_result", {"text/plain": "<object at 0x7f00aa>"}),  # nothing richer: kept
+    ]
+    clean_outputs(cell, {f"{tmp_path}/cache/": "$CROPKIT_CACHE/", f"{tmp_path}/": ""})
+    styler, path, stream, warning, alone = cell.outputs
+    assert dict(styler["data"]) == {"text/html": "<table></table>"}
+    assert path["data"]["text/plain"] == "PosixPath('figures/quick/x.png')"
+    assert stream["text"] == "records in results/quick/00.jsonl\n"
+    assert warning["text"] == "model in $CROPKIT_CACHE/preprocessors/x: collapsed\n"
+    assert alone["data"]["text/plain"] == "<object at 0x7f00aa>"

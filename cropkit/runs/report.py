@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cropkit.core.checkpoint import atomic_write_bytes
-from cropkit.core.paths import project_root
+from cropkit.core.paths import cache_dir, project_root
 from cropkit.core.validate import choice, items, record_list, require
 from cropkit.cropd.losses import COLLAPSED
 from cropkit.eval.records import ACCURACY_FIELDS, EVALUATIONS_FIX, RUNS_FILE, compare_records, load_records, pooled
@@ -677,10 +677,28 @@ def source_digest(notebook: nbformat.NotebookNode) -> str:
     return hashlib.sha256("\0".join(code).encode()).hexdigest()[:16]
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-f]+>")
+
+
+def clean_outputs(cell: Any, paths: Mapping[str, str]) -> None:
+    """What a reader of the repository should not see in a committed cell's outputs: this machine's folders (each
+    key of `paths` replaced by its value, e.g. the checkout by nothing, the cache by `$CROPKIT_CACHE/`) and an
+    object's address where the output has a rich form beside it (a pandas Styler's `<...Styler at 0x...>`)."""
+    for output in cell.get("outputs", []):
+        data = output.get("data", {})
+        if len(data) > 1 and _OBJECT_REPR.fullmatch(str(data.get("text/plain", "")).strip()):
+            del data["text/plain"]
+        for holder, key in [(output, "text"), *((data, mime) for mime in data if mime.startswith("text/"))]:
+            if isinstance(holder.get(key), str):
+                for folder, shown in paths.items():
+                    holder[key] = holder[key].replace(folder, shown)
+
+
 def commit_outputs(executed: Path, target: Path, profile: str, seconds: float | None) -> None:
     """Copy an executed notebook's outputs over the committed notebook `target`: without papermill's injected
-    parameters and timing metadata, stamped with the recipes and the code it was made with (a test compares them
-    with the current ones, so outputs of an older recipe or of edited code are caught)."""
+    parameters and timing metadata, cleaned of machine paths and object addresses (`clean_outputs`), stamped with
+    the recipes and the code it was made with (a test compares them with the current ones, so outputs of an older
+    recipe or of edited code are caught)."""
     import nbformat
 
     notebook = nbformat.read(executed, as_version=4)
@@ -688,6 +706,7 @@ def commit_outputs(executed: Path, target: Path, profile: str, seconds: float | 
     for cell in notebook.cells:
         cell.metadata.pop("papermill", None)
         cell.metadata.pop("execution", None)
+        clean_outputs(cell, {f"{cache_dir()}/": "$CROPKIT_CACHE/", f"{project_root()}/": ""})
     notebook.metadata.pop("papermill", None)
     notebook.metadata["cropkit"] = {"profile": profile, "recipes": recipe_versions(),
                                     "source": source_digest(notebook), "seconds": seconds}
