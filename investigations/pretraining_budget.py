@@ -21,8 +21,9 @@ from cropkit.data import load_dataset
 from cropkit.eval.records import provenance
 from cropkit.eval.stats import compare, format_accuracy, wilson_interval
 from cropkit.foundation import FoundationModel
-from cropkit.foundation.heads import extract_features, train_linear_head
+from cropkit.foundation.heads import train_linear_head
 from cropkit.foundation.pretrain import PRESETS, pretrain_mae
+from cropkit.runs.shipping import probe_outcomes
 
 
 def main() -> None:
@@ -39,9 +40,7 @@ def main() -> None:
         config = replace(PRESETS["mnist5k"], epochs=epochs)
         path = pretrain_mae(config)
         history = json.loads((path / "cropkit_pretraining.json").read_text())["history"]
-        fm = FoundationModel.from_pretrained(path)
-        head = train_linear_head(extract_features(fm, x_train), y_train, 10)
-        outcomes[epochs] = (head(extract_features(fm, x_test)).argmax(1) == y_test).numpy()
+        outcomes[epochs] = probe_outcomes(FoundationModel.from_pretrained(path), train, test)[0].numpy()
         rows.append({"epochs": epochs, "pretraining_seconds": sum(h["seconds"] for h in history),
                      "final_mae_loss": history[-1]["loss"], "probe_accuracy": float(outcomes[epochs].mean()),
                      "probe_interval": wilson_interval(int(outcomes[epochs].sum()), len(y_test))})

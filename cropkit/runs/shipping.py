@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from cropkit import __version__
 from cropkit.core.checkpoint import atomic_directory, read_json, write_json
-from cropkit.data import load_dataset
+from cropkit.data import ImageData, load_dataset
 from cropkit.eval.stats import format_accuracy, wilson_interval
 from cropkit.foundation import FoundationModel
-from cropkit.foundation.heads import extract_features, train_linear_head
+from cropkit.foundation.heads import LinearHead, extract_features, train_linear_head
 from cropkit.foundation.pretrain import (
     CARD,
     RECIPE_VERSION,
@@ -32,14 +33,22 @@ from cropkit.foundation.pretrain import (
 SHIPPED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "cropkit_pretraining.json")
 
 
-def linear_probe(foundation: FoundationModel, dataset: str) -> dict[str, Any]:
-    """The kit's linear probe (weight decay chosen on held-out training data) scored on the whole test split."""
-    (x_train, y_train), test = load_dataset(dataset, "train").tensors(), load_dataset(dataset, "test")
-    x_test, y_test = test.tensors()
+def probe_outcomes(foundation: nn.Module, train: ImageData, test: ImageData) -> tuple[Tensor, LinearHead]:
+    """The kit's linear probe on `foundation`'s frozen features (weight decay chosen on held-out training data) and,
+    per test example, whether it is right: what a card's probe and the budget investigation's paired comparisons
+    are made of."""
+    (x_train, y_train), (x_test, y_test) = train.tensors(), test.tensors()
     head = train_linear_head(extract_features(foundation, x_train), y_train, test.num_classes)
-    correct = int((head(extract_features(foundation, x_test)).argmax(1) == y_test).sum())
-    return {"accuracy": correct / len(y_test), "interval": list(wilson_interval(correct, len(y_test))),
-            "correct": correct, "n": len(y_test), "test_data": test.digest(), "weight_decay": head.weight_decay}
+    return head(extract_features(foundation, x_test)).argmax(1) == y_test, head
+
+
+def linear_probe(foundation: nn.Module, dataset: str) -> dict[str, Any]:
+    """The linear probe of `foundation` on `dataset`, scored on its whole test split, as a card holds it."""
+    test = load_dataset(dataset, "test")
+    outcomes, head = probe_outcomes(foundation, load_dataset(dataset, "train"), test)
+    correct = int(outcomes.sum())
+    return {"accuracy": correct / len(test), "interval": list(wilson_interval(correct, len(test))),
+            "correct": correct, "n": len(test), "test_data": test.digest(), "weight_decay": head.weight_decay}
 
 
 def command(config: MAEConfig) -> str:
