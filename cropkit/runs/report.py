@@ -151,6 +151,22 @@ def _training_seed(record: Record) -> Any:
     return record.get("setup", {}).get("training_seed")
 
 
+def training_run(record: Record) -> tuple[Any, Any]:
+    """The training run a record measured: (foundation model, training seed); None where the record has neither."""
+    setup = record.get("setup") or {}
+    return setup.get("foundation"), setup.get("training_seed")
+
+
+def run_label(record: Record) -> str:
+    """A record's model with its training run, for tables that list several runs: 'CRoPD · SLF, seed 1' (and the
+    foundation model's seed where it is not the first embedded one)."""
+    foundation, seed = training_run(record)
+    found = re.search(r"seed (\d+)", foundation or "")
+    parts = [f"foundation model {found.group(1)}"] if found and found.group(1) != "0" else []
+    parts += [f"seed {seed}"] if seed is not None else []
+    return ", ".join([record["model"], *parts])
+
+
 def _seed_spread_rows(records: list[Record], attack: str) -> list[dict[str, Any]]:
     """Per model: the mean and spread of clean and `attack` accuracy across training seeds."""
     by_model: dict[str, list[Record]] = {}
