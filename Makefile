@@ -1,7 +1,7 @@
 # One command each, on a fresh machine with Python 3.11+ and access to PyPI:
 #   make reproduce   set up, then run every notebook in the quick profile (papermill); ONLY=00,03 for some of them
 #   make test        set up, then run the test suite (unit tests + every notebook under nbval at its smoke size)
-#   make check       set up, then run the quick profile and fail on any number outside the reference's range
+#   make check       set up, then run the quick profile and fail on any number beyond the reference runs' spread
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -78,14 +78,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cropkit.runs import report
+    from cropkit.runs import check, report
 
     if args.update_from:
         for path in report.update_reference(args.profile, args.update_from):
             print(f"reference: {path}")
     if args.compare:
-        problems = report.moved(report.load_reference(args.profile), report.load_reference(args.profile, args.compare))
-        print("\n".join(problems) or f"every reference number of {args.profile!r} reproduced within its interval")
+        problems = check.moved(report.load_reference(args.profile), report.load_reference(args.profile, args.compare))
+        print("\n".join(problems) or f"every reference number of {args.profile!r} reproduced within its training runs' spread")
         return 1 if problems else 0
     if args.check:
         stale = report.stale(args.profile)

@@ -18,8 +18,9 @@ from cropkit.core.validate import InputError
 from cropkit.cropd.bound import BoundTerms, cross_validate, fit_bound, holdout_slack
 from cropkit.eval import audit
 from cropkit.eval.records import accuracy_fields, accuracy_table, pooled, worst_case
-from cropkit.eval.stats import compare, seed_spread
-from cropkit.runs import report
+from cropkit.eval.stats import compare, compare_runs, seed_spread
+from cropkit.runs import check, report
+from cropkit.runs.design import training_runs
 
 RECORD = {"model": "A", "attack": "PGD-10", "eps": 0.1}
 PROBE = {"kind": "linear-probe", "features": "foundation", "model": "probe"}
@@ -47,13 +48,15 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("render", lambda: report.render("quick", {}), r"^by_notebook = \{\}: no notebook's records; pass"),
     ("readme_block", lambda: report.readme_block("cifar10-subset", {"09_capacity": RECORD}),
      r"^by_notebook\['09_capacity'\] = \{.*a single dict, not a list of records; pass"),
-    ("moved", lambda: report.moved({}, {}), r"^reference = \{\}: no notebook's records; pass"),
+    ("moved", lambda: check.moved({}, {}), r"^reference = \{\}: no notebook's records; pass"),
     ("pooled", lambda: pooled([{"model": "A"}]), r"^records\[0\] = \{'model': 'A'\}: lacks 'attack'.*; pass"),
     ("worst_case", lambda: worst_case(RECORD), r"^records = \{.*a single dict, not a list of records; pass"),
     ("accuracy_table", lambda: accuracy_table([]), r"^records = \[\]: no evaluation records; pass"),
     ("accuracy_fields", lambda: accuracy_fields([]), r"^correct = .*shape \(0,\)>: .*; pass one boolean per"),
     ("seed_spread", lambda: seed_spread([]), r"^values = \[\]: no numbers; pass one accuracy per training seed"),
     ("compare", lambda: compare("a", [], "b", []), r"^correct_a = .*shape \(0,\)>: .*; pass one boolean per"),
+    ("compare_runs", lambda: compare_runs("a", [], "b", []), r"^correct_a = \[\]: no training runs; pass, for each training run"),
+    ("training_runs", lambda: training_runs("embedded", []), r"^seeds = \[\]: no seeds; pass training seeds"),
     ("fit_bound", lambda: fit_bound([terms("a", 0), terms("b", 0)]),
      r"^family = terms on \[0, 0\] examples: measured on no examples; measure bound_terms on"),
     ("holdout_slack", lambda: holdout_slack([], terms("a")), r"^fitted = \[\]: no models; pass the bound_terms"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cropkit.core.validate import InputError
 from cropkit.eval.stats import (
     compare,
+    compare_runs,
     format_accuracy,
     mcnemar_p_value,
     mcnemar_sample_size,
@@ -87,3 +89,58 @@ def test_formatting_and_seed_spread():
     assert format_accuracy(0.537, (0.48, 0.593)) == "53.7 [48.0, 59.3]"
     spread = seed_spread([0.5, 0.6, 0.7])
     assert spread["mean"] == pytest.approx(0.6) and spread["std"] == pytest.approx(0.1) and spread["seeds"] == 3
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verdicts over training runs (compare_runs): the unit of replication is the training run.
+
+def _runs(rng, accuracies, n=200, shared=None):
+    """Per-example outcomes of one method in several runs: each run its own accuracy; `shared` (uniform draws per
+    example) makes the runs agree on which examples are hard, as trained models do."""
+    shared = rng.random(n) if shared is None else shared
+    return [shared < a for a in accuracies]
+
+
+def test_a_difference_every_run_agrees_on_is_resolved_across_runs():
+    rng = np.random.default_rng(0)
+    hard = rng.random(200)
+    result = compare_runs("A", _runs(rng, [0.60, 0.62, 0.58], shared=hard), "B", _runs(rng, [0.30, 0.33, 0.31],
+                                                                                          shared=hard))
+    assert result.resolved and result.favouring == (3, 0)
+    assert result.interval[0] > 0.2 and "A beats B" in result.statement() and "3 of 3 runs ahead" in result.statement()
+
+
+def test_runs_that_disagree_leave_the_verdict_unresolved_though_each_run_alone_resolves():
+    """What a one-run verdict misses: each run's McNemar test rejects, in opposite directions."""
+    rng = np.random.default_rng(1)
+    hard = rng.random(200)
+    a, b = _runs(rng, [0.70, 0.30, 0.65], shared=hard), _runs(rng, [0.40, 0.60, 0.45], shared=hard)
+    assert all(compare("A", x, "B", y).resolved for x, y in zip(a, b))
+    result = compare_runs("A", a, "B", b)
+    assert not result.resolved and result.favouring == (2, 1)
+    assert "not resolved across 3 training runs" in result.statement()
+
+
+def test_one_run_gives_no_verdict_about_the_methods():
+    rng = np.random.default_rng(2)
+    hard = rng.random(200)
+    result = compare_runs("A", _runs(rng, [0.9], shared=hard), "B", _runs(rng, [0.1], shared=hard))
+    assert not result.resolved and "one training run" in result.statement()
+
+
+def test_the_interval_widens_with_the_runs_spread_and_more_runs_are_asked_for():
+    rng = np.random.default_rng(3)
+    hard = rng.random(200)
+    steady = compare_runs("A", _runs(rng, [0.50, 0.51, 0.49], shared=hard), "B",
+                          _runs(rng, [0.45, 0.45, 0.45], shared=hard))
+    noisy = compare_runs("A", _runs(rng, [0.60, 0.41, 0.49], shared=hard), "B",
+                         _runs(rng, [0.45, 0.45, 0.45], shared=hard))
+    assert np.diff(noisy.interval)[0] > 2 * np.diff(steady.interval)[0]
+    assert not noisy.resolved and noisy.runs_needed is not None and noisy.runs_needed > 3
+
+
+def test_compare_runs_refuses_unpaired_runs():
+    with pytest.raises(InputError, match="correct_b"):
+        compare_runs("A", [np.ones(5, bool)] * 2, "B", [np.ones(5, bool)])
+    with pytest.raises(InputError, match="correct_b"):
+        compare_runs("A", [np.ones(5, bool)] * 2, "B", [np.ones(4, bool)] * 2)

@@ -8,6 +8,11 @@
   does not reject (notebook 11 on CIFAR-10: -3.1 points [-6.4, -0.0], p = 0.077); the verdict follows the test.
 - `mcnemar_sample_size`: how many examples a paired comparison needs to detect a given difference (Connor 1987).
 - `seed_spread`: mean and spread of a number across training seeds.
+- `compare_runs`: two methods, each trained in the same K training runs and evaluated on the same examples: the
+  verdict about the methods rather than about one run. The mean difference over runs and examples with a
+  t-interval whose variance has a term for the training runs (the per-run differences' spread) and one for the
+  test examples (the per-example differences' spread), so that it covers both sources; "A beats B" when it
+  excludes 0, else "not resolved across K runs" with the number of runs that would resolve it.
 """
 
 from __future__ import annotations
@@ -136,3 +141,113 @@ def seed_spread(values: Sequence[float]) -> dict[str, float]:
                               "[0.52, 0.55]"), dtype=float)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
             "min": float(values.min()), "max": float(values.max()), "seeds": len(values)}
+
+
+@dataclass(frozen=True)
+class RunsComparison:
+    """Methods A and B, each trained in the same `runs` training runs and evaluated on the same `n` examples."""
+
+    a: str
+    b: str
+    n: int
+    differences: tuple[float, ...]  # accuracy_a - accuracy_b in each run
+    interval: tuple[float, float]  # of the mean difference: runs and examples both sampled
+    run_variance: float  # the per-run differences' sample variance (0 with one run)
+    example_variance: float  # the sample variance of the per-example differences, averaged over runs
+    runs_needed: int | None  # runs that would resolve the observed mean difference (80% power); None: more runs won't
+    level: float = LEVEL
+
+    @property
+    def runs(self) -> int:
+        return len(self.differences)
+
+    @property
+    def difference(self) -> float:
+        return float(np.mean(self.differences))
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the interval excludes 0 (never with one run: one run says nothing about training randomness)."""
+        return self.runs > 1 and not self.interval[0] <= 0 <= self.interval[1]
+
+    @property
+    def favouring(self) -> tuple[int, int]:
+        """How many runs put A ahead, and how many B."""
+        return sum(d > 0 for d in self.differences), sum(d < 0 for d in self.differences)
+
+    def statement(self, what: str = "accuracy") -> str:
+        """One sentence: who is better across the runs, by how much, how sure, and how many runs agree."""
+        flip = self.resolved and self.difference < 0
+        sign = -1 if flip else 1
+        low, high = sorted(sign * v for v in self.interval)
+        ahead, behind = self.favouring[::-1] if flip else self.favouring
+        detail = (f"{100 * sign * self.difference:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}] over runs and "
+                  f"test images, {ahead} of {self.runs} runs ahead, {behind} behind; n = {self.n}")
+        if self.runs == 1:
+            return f"{self.a} vs {self.b} ({what}): one training run, no verdict about the methods ({detail})"
+        if self.run_variance == self.example_variance == self.difference == 0:
+            return (f"{self.a} vs {self.b} ({what}): the same outcome on each of the {self.n} examples in all "
+                    f"{self.runs} training runs")
+        if not self.resolved:
+            more = ("more runs alone would not resolve it: the test images limit it" if self.runs_needed is None else
+                    f"about {self.runs_needed} runs would resolve it with 80% power")
+            return f"{self.a} vs {self.b} ({what}): not resolved across {self.runs} training runs ({detail}; {more})"
+        better, worse = (self.b, self.a) if flip else (self.a, self.b)
+        return f"{better} beats {worse} on {what} across {self.runs} training runs ({detail})"
+
+
+def _interval_width(run_variance: float, runs: int, example_variance: float, n: int) -> tuple[float, float]:
+    """Standard error of the mean difference and its Welch-Satterthwaite degrees of freedom."""
+    terms = [(run_variance / runs, runs - 1), (example_variance / n, n - 1)]
+    terms = [(v, df) for v, df in terms if v > 0 and df > 0]
+    if not terms:
+        return 0.0, math.inf
+    se2 = sum(v for v, _ in terms)
+    return math.sqrt(se2), se2 ** 2 / sum(v ** 2 / df for v, df in terms)
+
+
+def compare_runs(a: str, correct_a: Sequence[np.ndarray], b: str, correct_b: Sequence[np.ndarray],
+                 level: float = LEVEL, power: float = 0.8, max_runs: int = 100) -> RunsComparison:
+    """A against B over training runs: `correct_a[r]` and `correct_b[r]` are the per-example outcomes of run r's
+    models on the same examples (the same ones in every run). The variance of the mean difference is estimated as
+    the per-run differences' variance over the runs plus the per-example differences' (each example's difference
+    averaged over the runs) variance over the examples: each term is one sampled factor, and their sum counts
+    the runs-by-examples interaction twice, so the interval errs wide."""
+    require(len(correct_a) > 0, "correct_a", list(correct_a), "no training runs",
+            "pass, for each training run, the per-example outcomes (booleans) of method A's model")
+    require(len(correct_a) == len(correct_b), "correct_b", f"{len(correct_b)} runs",
+            f"not the {len(correct_a)} runs of correct_a", "pass both methods' outcomes for the same training runs")
+    a_runs = np.asarray([np.asarray(c, dtype=bool) for c in correct_a])
+    b_runs = np.asarray([np.asarray(c, dtype=bool) for c in correct_b])
+    require(a_runs.ndim == 2 and a_runs.shape == b_runs.shape and a_runs.shape[1] > 0, "correct_b", b_runs.shape,
+            f"not the shape {a_runs.shape} (runs x examples) of correct_a",
+            "pass one boolean per example for every run, on the same examples in the same order")
+    per_example = a_runs.astype(float) - b_runs.astype(float)  # runs x examples, in {-1, 0, 1}
+    differences = per_example.mean(axis=1)
+    runs, n = per_example.shape
+    run_variance = float(differences.var(ddof=1)) if runs > 1 else 0.0
+    example_variance = float(per_example.mean(axis=0).var(ddof=1)) if n > 1 else 0.0
+    se, df = _interval_width(run_variance, runs, example_variance, n)
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se if se > 0 else 0.0
+    mean = float(differences.mean())
+    # For other numbers of runs: the examples' variance within one run is sigma_ex^2 + sigma_int^2, that of their
+    # mean over the runs sigma_ex^2 + sigma_int^2 / runs; the interaction part shrinks as runs are added.
+    within = float(per_example.var(axis=1, ddof=1).mean()) if n > 1 else 0.0
+    interaction = max(0.0, (within - example_variance) * runs / (runs - 1)) if runs > 1 else 0.0
+    needed = _runs_needed(mean, run_variance, max(0.0, example_variance - interaction / runs), interaction, n, level,
+                          power, max_runs)
+    return RunsComparison(a, b, n, tuple(float(d) for d in differences), (mean - half, mean + half), run_variance,
+                          example_variance, needed, level)
+
+
+def _runs_needed(mean: float, run_variance: float, example_variance: float, interaction: float, n: int, level: float,
+                 power: float, max_runs: int) -> int | None:
+    """The fewest runs (2 to `max_runs`) at which a difference of `mean` is expected to be resolved with `power`,
+    the variance components as observed; None when even `max_runs` would not (the test images limit it)."""
+    if mean == 0:
+        return None
+    for runs in range(2, max_runs + 1):
+        se, df = _interval_width(run_variance, runs, example_variance + interaction / runs, n)
+        if se == 0 or (stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * se <= abs(mean):
+            return runs
+    return None

@@ -17,12 +17,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from cropkit.core.checkpoint import atomic_write_bytes
 from cropkit.core.paths import cache_dir, project_root
 from cropkit.core.validate import choice, items, record_list, require
 from cropkit.cropd.losses import COLLAPSED
 from cropkit.eval.records import ACCURACY_FIELDS, EVALUATIONS_FIX, RUNS_FILE, compare_records, load_records, pooled
 from cropkit.eval.stats import format_accuracy, mcnemar_sample_size, seed_spread
+from cropkit.runs.verdicts import run_label, run_name, training_run, verdict  # noqa: F401 (run_label: until the notebooks are rerun)
 
 if TYPE_CHECKING:  # nbformat is imported where notebooks are written: it loads jsonschema, whose URI grammar alone
     import nbformat  # takes 3 s, and every notebook imports this module to render its summary
@@ -147,35 +150,21 @@ def resolution(a: Record, b: Record, which: str = "robust") -> str:
             f"in disagreement) about {n} test images would resolve it with 80% power.")
 
 
-def _training_seed(record: Record) -> Any:
-    return record.get("setup", {}).get("training_seed")
+def _by(records: Iterable[Record], key: Callable[[Record], Any]) -> dict[Any, list[Record]]:
+    """Records grouped by `key`, groups and members in first-seen order."""
+    groups: dict[Any, list[Record]] = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(record)
+    return groups
 
 
-def training_run(record: Record) -> tuple[Any, Any]:
-    """The training run a record measured: (foundation model, training seed); None where the record has neither."""
-    setup = record.get("setup") or {}
-    return setup.get("foundation"), setup.get("training_seed")
-
-
-def run_label(record: Record) -> str:
-    """A record's model with its training run, for tables that list several runs: 'CRoPD · SLF, seed 1' (and the
-    foundation model's seed where it is not the first embedded one)."""
-    foundation, seed = training_run(record)
-    found = re.search(r"seed (\d+)", foundation or "")
-    parts = [f"foundation model {found.group(1)}"] if found and found.group(1) != "0" else []
-    parts += [f"seed {seed}"] if seed is not None else []
-    return ", ".join([record["model"], *parts])
-
-
-def _seed_spread_rows(records: list[Record], attack: str) -> list[dict[str, Any]]:
-    """Per model: the mean and spread of clean and `attack` accuracy across training seeds."""
-    by_model: dict[str, list[Record]] = {}
-    for r in evaluations(records, attack=attack):
-        by_model.setdefault(r["model"], []).append(r)
+def _runs_rows(groups: Mapping[str, Sequence[Record]], attack: str) -> list[dict[str, Any]]:
+    """Per group (a model over its training runs): clean and `attack` accuracy as mean ± sd across the runs, and
+    the range; the within-run intervals are in the notebook's tables."""
     rows = []
-    for model, found in by_model.items():
+    for name, found in groups.items():
         clean, robust = (seed_spread([r[f"{w}_accuracy"] for r in found]) for w in ("clean", "robust"))
-        rows.append({"model": model, "seeds": robust["seeds"], "clean, mean ± sd": _mean_sd(clean),
+        rows.append({"model": name, "runs": robust["seeds"], "clean, mean ± sd": _mean_sd(clean),
                      f"{attack}, mean ± sd": _mean_sd(robust),
                      f"{attack}, range": f"{100 * robust['min']:.1f}-{100 * robust['max']:.1f}"})
     return rows
@@ -188,44 +177,44 @@ def _mean_sd(spread: dict[str, float]) -> str:
     return f"{100 * spread['mean']:.1f} ± {100 * spread['std']:.1f}"
 
 
+def _runs_line(records: Sequence[Record]) -> str:
+    """'3 training runs (seed 0; foundation model 1, seed 1; ...)' for the runs that `records` span."""
+    runs = [run for run in dict.fromkeys(training_run(r) for r in records) if run[1] is not None]
+    return f"{len(runs)} training run{'s' * (len(runs) != 1)} ({'; '.join(run_name(run) for run in runs)})"
+
+
 def _main_results(records: list[Record]) -> str:
-    seeds = sorted({_training_seed(r) for r in evaluations(records) if _training_seed(r) is not None})
-    first = [r for r in evaluations(records) if _training_seed(r) in (None, seeds[0])]
-    cropd = next(r["model"].split(" · ")[0] for r in first if r["model"].startswith("CRoPD"))
+    worst = evaluations(records, attack="worst case")
+    cropd = next(r["setup"]["preprocessor"] for r in worst if r["setup"]["preprocessor"].startswith("CRoPD"))
     lines = []
     for protocol in ("SLF", "ALF"):
-        worst = {r["model"].split(" · ")[0]: r for r in evaluations(first, attack="worst case")
-                 if r["model"].endswith(protocol)}
-        pgd10 = one(first, model=f"{cropd} · {protocol}", attack="PGD-10")
-        overstated = 100 * (pgd10["robust_accuracy"] - worst[cropd]["robust_accuracy"])
-        lines += [f"**{protocol} heads** (training seed {seeds[0]}, worst case over "
-                  f"{', '.join(worst[cropd]['attack_settings']['over'])}, eps = {worst[cropd]['eps']:g}):", ""]
-        lines += [f"- {claim(worst[cropd], worst[other])}."
-                  + resolution(worst[cropd], worst[other]) for other in worst if other != cropd]
-        lines += [f"- {claim(worst[cropd], worst['Identity'], 'clean')}.",
-                  f"- {claim(pgd10, worst[cropd], a_name=f'{cropd} under PGD-10', b_name='under the worst case')}"
-                  f": PGD-10 alone overstates its robustness by {overstated:.1f} points.", ""]
-    if len(seeds) > 1:
-        lines += [f"Across training seeds {seeds} (each row's within-seed intervals are in the table above):", "",
-                  table(_seed_spread_rows(records, "worst case")), ""]
+        here = _by((r for r in worst if r["setup"]["protocol"] == protocol), lambda r: r["setup"]["preprocessor"])
+        mine = here[cropd]
+        pgd10 = [r for r in evaluations(records, attack="PGD-10", model=mine[0]["model"])]
+        lines += [f"**{protocol} heads**, {_runs_line(mine)}; worst case over "
+                  f"{', '.join(mine[0]['attack_settings']['over'])}, eps = {mine[0]['eps']:g}, "
+                  f"{mine[0]['n_examples']} test images:", ""]
+        lines += [verdict(mine, here[other]) for other in here if other != cropd]
+        lines += [verdict(mine, here["Identity"], "clean"),
+                  verdict(pgd10, mine, a_name=f"{cropd} under PGD-10", b_name="under the worst case",
+                          what="robust accuracy: what PGD-10 alone overstates"), ""]
+        if len(mine) > 1:
+            lines += ["Across the training runs (each run's own intervals are in the table above):", "",
+                      table(_runs_rows({name: rs for name, rs in here.items()}, "worst case")), ""]
     return "\n".join(lines).strip()
 
 
 def _lambda_ablation(records: list[Record]) -> str:
-    seeds = sorted({_training_seed(r) for r in evaluations(records)})
-    worst = sorted((r for r in evaluations(records, attack="worst case") if _training_seed(r) == seeds[0]),
-                   key=lambda r: r["setup"]["lambda"])
-    name = {id(r): f"lambda = {r['setup']['lambda']:g}" for r in worst}
-    lines = [f"Training seed {seeds[0]}, SLF heads, worst case over {', '.join(worst[0]['attack_settings']['over'])} "
-             f"at eps = {worst[0]['eps']:g} on {worst[0]['n_examples']} test images:", "",
-             table([{"lambda": f"{r['setup']['lambda']:g}", "clean": accuracy(r, "clean"), "worst case": accuracy(r)}
-                    for r in worst]), ""]
-    for a, b in zip(worst[1:], worst):
-        lines += [f"- {claim(a, b, a_name=name[id(a)], b_name=name[id(b)])}."
-                  + resolution(a, b),
-                  f"- {claim(a, b, 'clean', a_name=name[id(a)], b_name=name[id(b)])}."]
-    if len(seeds) > 1:
-        lines += ["", f"Across training seeds {seeds}:", "", table(_seed_spread_rows(records, "worst case"))]
+    worst = _by(sorted(evaluations(records, attack="worst case"), key=lambda r: r["setup"]["lambda"]),
+                lambda r: f"lambda = {r['setup']['lambda']:g}")
+    first = next(iter(worst.values()))[0]
+    lines = [f"SLF heads, {_runs_line(next(iter(worst.values())))}; worst case over "
+             f"{', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g} on {first['n_examples']} test "
+             "images:", "", table(_runs_rows(worst, "worst case")), ""]
+    names = list(worst)
+    for a, b in zip(names[1:], names):
+        lines += [verdict(worst[a], worst[b], a_name=a, b_name=b), verdict(worst[a], worst[b], "clean", a_name=a,
+                                                                          b_name=b)]
     return "\n".join(lines)
 
 
@@ -268,42 +257,44 @@ def _transfer(records: list[Record]) -> str:
 
 
 def _acl_family(records: list[Record]) -> str:
-    worst = {r["model"]: r for r in evaluations(records, attack="worst case")}
-    cost = {r["model"]: r for r in records if r.get("kind") == "pretraining"}
+    worst = _by(evaluations(records, attack="worst case"), lambda r: r["model"])
+    cost = _by((r for r in records if r.get("kind") == "pretraining"), lambda r: r["model"])
     baseline = next(name for name in worst if name.startswith("random init"))
-    slf = {name.removesuffix(" · SLF"): r for name, r in worst.items() if name.endswith(" · SLF") and name != baseline}
-    first = next(iter(worst.values()))
-    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g}, "
-             f"{first['n_examples']} test images:", "", "SLF heads against the untrained backbone:"]
-    lines += [f"- {claim(r, worst[baseline])}." for name, r in slf.items() if name != "CRoPD"]
+    slf = {name.removesuffix(" · SLF"): rs for name, rs in worst.items() if name.endswith(" · SLF") and name != baseline}
+    first = next(iter(worst.values()))[0]
+    lines = [f"{_runs_line(worst[baseline])}; worst case over {', '.join(first['attack_settings']['over'])} at eps = "
+             f"{first['eps']:g}, {first['n_examples']} test images:", "", table(_runs_rows(worst, "worst case")), "",
+             "SLF heads against the untrained backbone:"]
+    lines += [verdict(rs, worst[baseline]) for name, rs in slf.items() if name != "CRoPD"]
     pairs = [(name, "ACL") for name in slf if name.startswith("ACL-RCS")] + [("ACL-AIR", "ACL"), ("DynACL-AIR", "DynACL")]
     lines += ["", "Each variant against the method it modifies (SLF):"]
+    seconds = {name: float(np.mean([r["seconds"] for r in rs])) for name, rs in cost.items()}
     for a, b in pairs:
         if a in slf and b in slf:
-            speed = f" Pre-training {cost[b]['seconds'] / cost[a]['seconds']:.2f}x faster than {b} (wall-clock, " \
-                    f"{cost[a]['examples']} examples trained against {cost[b]['examples']})." if "RCS" in a else ""
-            lines.append(f"- {claim(slf[a], slf[b])}." + resolution(slf[a], slf[b]) + speed)
-    encoders = {name: r for name, r in worst.items() if not name.startswith(("CRoPD", baseline))}
-    best = max(encoders, key=lambda name: encoders[name]["robust_accuracy"])
-    lines += ["", f"- {claim(worst['CRoPD · SLF'], encoders[best])} (the most robust "
-                  "ACL-family model)."]
+            speed = (f"\n  Pre-training {seconds[b] / seconds[a]:.2f}x faster than {b} (mean wall-clock over the "
+                     f"runs, {cost[a][0]['examples']} examples trained against {cost[b][0]['examples']})."
+                     if "RCS" in a else "")
+            lines.append(verdict(slf[a], slf[b], a_name=a, b_name=b) + speed)
+    encoders = {name: rs for name, rs in worst.items() if not name.startswith(("CRoPD", baseline))}
+    best = max(encoders, key=lambda name: np.mean([r["robust_accuracy"] for r in encoders[name]]))
+    lines += ["", f"Against the ACL-family model most robust on average ({best}):",
+              verdict(worst["CRoPD · SLF"], encoders[best])]
     return "\n".join(lines)
 
 
 def _robust_finetuning(records: list[Record]) -> str:
     worst = evaluations(records, attack="worst case")
-    lines = [f"Worst case over {', '.join(worst[0]['attack_settings']['over'])} at eps = {worst[0]['eps']:g}:", ""]
+    first = worst[0]
+    lines = [f"Worst case over {', '.join(first['attack_settings']['over'])} at eps = {first['eps']:g}, "
+             f"{first['n_examples']} test images:", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in worst):
-        here = {r["model"]: r for r in worst if r["dataset"] == dataset}
+        here = _by((r for r in worst if r["dataset"] == dataset), lambda r: r["model"])
         cropd = next(name for name in here if name.startswith("CRoPD"))
-        seen = "" if not here[cropd]["setup"].get("zero-shot") else " (never seen in fine-tuning)"
-        lines += [f"On {dataset}{seen}:", "",
-                  table([{"model": name, "clean": accuracy(r, "clean"), "worst case": accuracy(r)}
-                         for name, r in here.items()]), ""]
-        for name, r in here.items():
+        seen = "" if not here[cropd][0]["setup"].get("zero-shot") else " (never seen in fine-tuning)"
+        lines += [f"On {dataset}{seen}, {_runs_line(here[cropd])}:", "", table(_runs_rows(here, "worst case")), ""]
+        for name, rs in here.items():
             if name not in (cropd, "Identity · SLF"):
-                lines += [f"- {claim(r, here['Identity · SLF'])}.",
-                          f"- {claim(r, here[cropd])}." + resolution(r, here[cropd])]
+                lines += [verdict(rs, here["Identity · SLF"]), verdict(rs, here[cropd])]
         lines.append("")
     return "\n".join(lines).strip()
 
@@ -589,7 +580,7 @@ def load_reference(profile: str, folder: Path | None = None) -> dict[str, list[R
     return {path.stem: load_records(path) for path in sorted(folder.glob("[0-9][0-9]_*.jsonl"))}
 
 
-def _check_notebooks(name: str, value: Any, fix: str, at_least: int = 1) -> None:
+def check_notebooks(name: str, value: Any, fix: str, at_least: int = 1) -> None:
     """Refuse `value` unless it maps notebook names to lists of records (as `load_reference` returns), with records
     of at least `at_least` notebooks."""
     require(isinstance(value, dict), name, value, "not a dict of each notebook's records", fix)
@@ -617,7 +608,7 @@ def _sections(by_notebook: dict[str, list[Record]], names: Iterable[str], level:
 
 def render(profile: str, by_notebook: dict[str, list[Record]]) -> str:
     """The results page: every notebook's summary from its records, with where they came from."""
-    _check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
+    check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
     return "\n".join([
         f"# Results of the `{profile}` profile\n",
         f"Generated by `cropkit report --profile {profile}` from the records in `reference/{profile}/` (each record "
@@ -633,7 +624,7 @@ def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
     """The README's generated results: the headline notebooks' summaries (every notebook's for the profiles other
     than quick, whose references hold only the notebooks run at CPU size), where the rest is, and (for the profile
     whose outputs are committed) each notebook's wall-clock in the run that made them."""
-    _check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
+    check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
     seconds = {p.stem: json.loads(p.read_text(encoding="utf-8"))["metadata"].get("cropkit", {}).get("seconds")
                for p in sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))} if profile == "quick" else {}
     timing = (["Wall-clock of each notebook in the run that made this reference: "
@@ -768,42 +759,6 @@ def update_reference(profile: str, folder: Path) -> list[Path]:
             commit_outputs(executed, project_root() / "notebooks" / f"{name}.ipynb", profile, run["seconds"])
             written.append(project_root() / "notebooks" / f"{name}.ipynb")
     return written
-
-
-_COMPARED = ("kind", "model", "dataset", "attack", "eps", "n_examples", "examples", "quantity", "l_con_attack",
-             "features", "held_out")
-# Each checked number and the field holding its 95% interval.
-_NUMBERS = {"clean_accuracy": "clean_interval", "robust_accuracy": "robust_interval", "kappa": "kappa_interval"}
-
-
-def _comparison_key(notebook: str, record: Record) -> str:
-    return repr([notebook, *(record.get(k) for k in _COMPARED), _training_seed(record)])
-
-
-def moved(reference: dict[str, list[Record]], produced: dict[str, list[Record]]) -> list[str]:
-    """Every reference number that a new run did not reproduce: absent, or outside the reference record's 95%
-    interval (accuracies: Wilson; kappa: bootstrap). Timings and costs are not compared. Empty when all agree."""
-    _check_notebooks("reference", reference, "pass a profile's reference records, load_reference(profile): with "
-                     "none, no number would be compared and the run would pass")
-    _check_notebooks("produced", produced, "pass the new run's records, load_reference(profile, folder)", at_least=0)
-    found = {_comparison_key(nb, r): r for nb, records in produced.items() for r in latest(records)}
-    problems = []
-    for notebook, records in reference.items():
-        for ref in latest(records):
-            checked = [n for n in _NUMBERS if n in ref and _NUMBERS[n] in ref]
-            if not checked:
-                continue
-            label = f"{notebook}: {ref.get('model') or ref.get('kind')} / {ref.get('attack') or ref.get('quantity')}"
-            new = found.get(_comparison_key(notebook, ref))
-            if new is None:
-                problems.append(f"{label}: no such record in the new run")
-                continue
-            for number in checked:
-                low, high = ref[_NUMBERS[number]]
-                if not low - 1e-9 <= new[number] <= high + 1e-9:
-                    problems.append(f"{label}: {number} {new[number]:.4g} outside the reference's "
-                                    f"{ref[number]:.4g} [{low:.4g}, {high:.4g}]")
-    return problems
 
 
 BEGIN, END = "<!-- results:{profile}:begin -->", "<!-- results:{profile}:end -->"

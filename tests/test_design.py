@@ -1,0 +1,61 @@
+"""Training runs as the unit of replication: which runs a comparison makes (`cropkit.runs.design`) and how the
+verdicts pair and split them (`cropkit.runs.verdicts`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cropkit.core.validate import InputError
+from cropkit.eval.records import accuracy_fields, encode_outcomes
+from cropkit.runs.design import independent_runs, training_runs
+from cropkit.runs.verdicts import paired, spread_by_factor, verdict
+
+
+def test_every_seed_runs_on_the_first_model_and_each_further_model_with_one_of_them():
+    runs = training_runs("embedded", [0, 1, 2], ["embedded@1", "embedded@2"])
+    assert runs == [("embedded", 0), ("embedded", 1), ("embedded", 2), ("embedded@1", 1), ("embedded@2", 2)]
+    assert independent_runs(runs) == [("embedded", 0), ("embedded@1", 1), ("embedded@2", 2)]
+    assert independent_runs(training_runs("embedded", [0, 1])) == [("embedded", 0), ("embedded", 1)]
+
+
+@pytest.mark.parametrize("seeds, more, parameter", [([0], ["embedded@1"], "more_foundations"),
+                                                    ([0, 0], [], "seeds"),
+                                                    ([0, 1], ["embedded"], "more_foundations")])
+def test_a_design_that_cannot_separate_its_factors_is_refused(seeds, more, parameter):
+    with pytest.raises(InputError, match=parameter):
+        training_runs("embedded", seeds, more)
+
+
+def record(model: str, foundation: str, seed: int | None, correct: np.ndarray) -> dict:
+    return {"model": model, "attack": "worst case", "examples": "e", "n_examples": len(correct),
+            "setup": {"foundation": foundation, "training_seed": seed},
+            "outcomes": {"clean": encode_outcomes(correct), "robust": encode_outcomes(correct)},
+            **accuracy_fields(correct, "clean"), **accuracy_fields(correct, "robust")}
+
+
+def method(name: str, accuracy: dict, hard: np.ndarray) -> list[dict]:
+    return [record(name, f, s, hard < a) for (f, s), a in accuracy.items()]
+
+
+RUNS = training_runs("fm0", [0, 1, 2], ["fm1", "fm2"])
+
+
+def test_a_model_without_a_training_seed_pairs_with_every_run_on_its_foundation_model():
+    hard = np.random.default_rng(0).random(100)
+    a = method("A", dict.fromkeys(RUNS, 0.5), hard)
+    identity = method("Identity", {(f, None): 0.1 for f in ("fm0", "fm1", "fm2")}, hard)
+    assert [(run, y["setup"]["foundation"]) for run, _, y in paired(a, identity)] == [(run, run[0]) for run in RUNS]
+
+
+def test_the_factor_that_moves_the_difference_more_is_named():
+    """The difference A - B moves by 20 points between foundation models and by 1 between seeds."""
+    hard = np.random.default_rng(1).random(400)
+    by_model = {"fm0": 0.50, "fm1": 0.70, "fm2": 0.30}
+    a = method("A", {(f, s): by_model[f] + 0.01 * s for f, s in RUNS}, hard)
+    b = method("B", dict.fromkeys(RUNS, 0.2), hard)
+    spreads = spread_by_factor(paired(a, b))
+    assert spreads["foundation model"] > 5 * spreads["seed"]
+    text = verdict(a, b)
+    assert "the foundation model moves it more" in text and "across 3 training runs" in text
+    assert text.count("(p = ") == len(RUNS)  # every run's own McNemar test, as detail
