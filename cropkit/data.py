@@ -422,3 +422,16 @@ def _select_classes(images: Tensor, labels: Tensor, names: list[str], keep: Sequ
 def _resize_uint8(images: Tensor, size: int) -> Tensor:
     resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return resized.round().clamp(0, 255).to(torch.uint8)
+
+
+def require_compatible(parameter: str, datasets: dict[str, ImageData], *, same_shape: bool = True,
+                       same_classes: bool = False, fix: str) -> None:
+    """Refuse `datasets` (by name) that one model cannot be trained on one and used on another: with `same_shape`,
+    different image shapes (a pre-processor's input); with `same_classes`, different class lists (a linear head's)."""
+    if same_shape:
+        shapes = {name: data.image_shape for name, data in datasets.items()}
+        require(len(set(shapes.values())) == 1, parameter, list(datasets), f"images of different shapes {shapes}", fix)
+    if same_classes:
+        classes = {name: data.classes for name, data in datasets.items()}
+        require(len({tuple(c) for c in classes.values()}) == 1, parameter, list(datasets),
+                f"different classes {classes}", fix)

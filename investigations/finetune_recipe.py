@@ -35,13 +35,13 @@ from cropkit.eval.protocols import fit_alf, fit_slf
 from cropkit.eval.records import provenance
 from cropkit.finetune.robust import RECIPE_VERSION, FinetuneConfig, finetune_robust
 from cropkit.foundation.pretrain import load_foundation
+from cropkit.runs.recipe_search import recipe
 
 METHODS = ("aft", "tecoa", "pmg-aft")
 STARTS = ("slf", "alf")
 LEARNING_RATES = (1e-4, 3e-4, 1e-3)
 ATTACK_STEPS = (3,)
 EPS_WARMUP = (0,)
-RECIPE = ("lr", "attack_steps", "eps_warmup_epochs", "epochs", "n_train", "batch_size")  # a chosen point's config
 EPOCHS, N_TRAIN, BATCH_SIZE, N_VALIDATION, EPS = 4, 1000, 32, 300, 0.1
 # 6: TeCoA and PMG-AFT on the head's cosine logits (TeCoA x 100, as CLIP's); before, a linear probe's logits (TeCoA)
 # and its logits / 100 (PMG-AFT, which collapsed at every grid point).
@@ -115,7 +115,7 @@ def write(out: Path, grids: list[dict], rows: list[dict], budget: dict) -> None:
     methods = sorted({r["method"] for r in same_budget}, key=list(METHODS).index)
     best = {m: max((r for r in same_budget if r["method"] == m),
                    key=lambda r: (r["validation_pgd10"], r["validation_clean"])) for m in methods}
-    chosen = {m: {"start": r["start"]} | {k: r["config"].get(k, 0) for k in RECIPE} for m, r in best.items()}
+    chosen = {m: recipe(r) for m, r in best.items()}
     summary = {"rule": __doc__.split("Budget rule")[1].split("\n\n")[0].strip(), "grids": grids, "runs": rows,
                "superseded": [i for i, r in enumerate(rows) if superseded(r)], "chosen": chosen, **provenance("cpu")}
     atomic_write_bytes(out, (json.dumps(summary, indent=1) + "\n").encode())
