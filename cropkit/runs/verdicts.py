@@ -92,6 +92,18 @@ def spread_by_factor(pairs: Sequence[tuple[tuple[Any, Any], Record, Record]], wh
     return spreads
 
 
+DOMINANT = 2.0  # a factor is named as moving a difference more only when its sd is at least this many times the other's
+
+
+def _dominant(spreads: dict[str, float]) -> str:
+    """Which factor moves the difference more, said only when one spread is `DOMINANT` times the other: from a
+    handful of runs per factor, a smaller ratio is within the noise of the spreads themselves."""
+    (_, low), (large, high) = sorted(spreads.items(), key=lambda item: item[1])
+    if high >= DOMINANT * low and high > 0:
+        return f"the {large} moves it more"
+    return "neither factor clearly dominates at this number of runs"
+
+
 def verdict(a: Sequence[Record], b: Sequence[Record], which: str = "robust", *, a_name: str | None = None,
             b_name: str | None = None, what: str | None = None) -> str:
     """A markdown bullet: the seed-level verdict, then the per-run differences (exact McNemar), then which factor
@@ -101,13 +113,15 @@ def verdict(a: Sequence[Record], b: Sequence[Record], which: str = "robust", *, 
                      if a[0].get("attack") == "worst case" else f"{a[0].get('attack')} accuracy")
     lines = [f"- {comparison.statement(label)}."]
     if len(pairs) > 1 and not comparison.difference == comparison.run_variance == comparison.example_variance == 0:
+        independent = independent_runs([run for run, _, _ in pairs])
+        pooled = ("" if len(independent) == len(pairs) else
+                  f"; the verdict pools the independent runs: {'; '.join(run_name(run) for run in independent)}")
         per_run = [f"{run_name(run)} {100 * c.difference:+.1f} (p = {c.p_value:.2g})"
                    for run, x, y in pairs for c in [compare_records(x, y, which)]]
-        lines.append("  Per run (difference in points, exact McNemar p): " + "; ".join(per_run) + ".")
+        lines.append(f"  Per run (difference in points, exact McNemar p{pooled}): " + "; ".join(per_run) + ".")
         spreads = spread_by_factor(pairs, which)
-        if len(spreads) == 2 and len(set(spreads.values())) == 2:
-            larger = max(spreads, key=spreads.get)
+        if len(spreads) == 2:
             lines.append("  Spread of the difference: " + ", ".join(
-                f"{100 * sd:.1f} points sd across {factor}s" for factor, sd in spreads.items())
-                + f"; the {larger} moves it more.")
+                f"{100 * sd:.1f} points sd across {factor}s" for factor, sd in spreads.items()) + "; "
+                + _dominant(spreads) + ".")
     return "\n".join(lines)
