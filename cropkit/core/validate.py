@@ -260,16 +260,19 @@ def writable_file(name: str, path: str | os.PathLike[str]) -> None:
             "pass a path inside a folder")
 
 
-def check_adversarial(x_adv: Tensor, x: Tensor, eps: float, attack: str) -> None:
-    """Refuse an attack's output unless it is finite, in the L-inf ball of radius `eps` around `x` and in [0, 1];
-    the clean images `x` must be in [0, 1] themselves. One host synchronisation per batch."""
+def check_adversarial(x_adv: Tensor, x: Tensor, eps: float, attack: str, norm: str = "Linf") -> None:
+    """Refuse an attack's output unless it is finite, in the `norm` ball ("Linf" or "L2", per example) of radius
+    `eps` around `x` and in [0, 1]; the clean images `x` must be in [0, 1] themselves. One host synchronisation per
+    batch."""
     if x_adv.shape != x.shape:
         raise AttackOutputError(message("attack", attack, f"returned shape {tuple(x_adv.shape)} for inputs of "
                                         f"{tuple(x.shape)}", "check the attack's implementation"))
     if x.numel() == 0:
         return
+    delta = (x_adv - x).flatten(1).float()
+    far = delta.abs().amax() if norm == "Linf" else delta.norm(dim=1).amax()
     x_low, x_high, distance, low, high = torch.stack(
-        [x.amin(), x.amax(), (x_adv - x).abs().amax(), x_adv.amin(), x_adv.amax()]).float().tolist()
+        [v.float() for v in (x.amin(), x.amax(), far, x_adv.amin(), x_adv.amax())]).tolist()
     if not (0 <= x_low and x_high <= 1):
         pixels("images", x)  # raises, naming the range
     if not all(map(math.isfinite, (distance, low, high))):  # NaN would pass every comparison below
@@ -277,6 +280,6 @@ def check_adversarial(x_adv: Tensor, x: Tensor, eps: float, attack: str) -> None
                                         "be scored", "check its settings (step, eps) and that the model's input "
                                         "gradients are finite (cropkit.eval.audit.run)"))
     if distance > eps + TOLERANCE or low < -TOLERANCE or high > 1 + TOLERANCE:
-        raise AttackOutputError(message("attack", attack, f"returned examples at L-inf distance {distance:.4g} "
+        raise AttackOutputError(message("attack", attack, f"returned examples at {norm} distance {distance:.4g} "
                                         f"(eps = {eps:.4g}) with values in [{low:.4g}, {high:.4g}], outside the "
                                         "eps-ball or [0, 1]", "check the attack's eps and step settings"))

@@ -1,4 +1,4 @@
-"""L-inf attacks from torchattacks, described by a small spec so that every number names how it was made.
+"""Attacks from torchattacks, described by a small spec so that every number names how it was made.
 
 Kinds: `fgsm`, `pgd` (eps, step, steps, random start, restarts), `apgd-ce` (APGD on the cross-entropy alone,
 `steps` iterations: PGD with AutoAttack's adaptive step size, at PGD's cost), `apgd` (APGD-CE then APGD-T,
@@ -12,6 +12,12 @@ Tasks with fewer than four classes (the original AutoAttack's `checks.check_n_cl
 classes, its targeted form four): APGD-T is replaced by untargeted APGD-DLR with three classes and dropped with
 two, where APGD-CE's loss is a monotone function of the margin; FAB-T targets the n_classes - 1 other classes;
 Square's margin loss needs no change. `AttackSpec.components(n_classes)` is the list that runs and is recorded.
+
+`norm="L2"` makes `pgd`, `apgd-ce` and `apgd` L2 attacks (torchattacks' PGDL2, APGD and APGD-T with norm L2; eps an
+L2 radius in pixel units of [0, 1] images); their labels end in "(L2)", every record carries the norm as its
+`threat_model`. Any torchattacks attack (`torchattacks.attack.Attack`) configured by hand (an EOT attack, an L2 PGD with other settings, ...)
+is evaluated as it is through `ExternalAttack`: its class and public settings are its provenance and its cache key,
+and it must be bound to the pipeline that is evaluated.
 """
 
 from __future__ import annotations
@@ -21,11 +27,25 @@ from typing import Any, Literal
 
 import torchattacks
 from torch import nn
+from torchattacks.attack import Attack as TorchAttack
 
-from cropkit.core.validate import boolean, check_fields, choice, integer, optional, positive, radius
+from cropkit.core.validate import (
+    boolean,
+    check_fields,
+    choice,
+    integer,
+    non_negative,
+    optional,
+    positive,
+    radius,
+    require,
+)
 
 AttackKind = Literal["fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original"]
 KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original")
+Norm = Literal["Linf", "L2"]
+NORMS: tuple[str, ...] = ("Linf", "L2")
+L2_KINDS: tuple[str, ...] = ("pgd", "apgd-ce", "apgd")  # the kinds with an L2 form
 IMPLEMENTATION = f"torchattacks {torchattacks.__version__}"
 MAX_TARGETS = 9  # the original AutoAttack's APGD-T and FAB-T target the 9 highest-scored wrong classes
 STEPS = {"autoattack": 10, "autoattack-original": 100}  # per component; the APGD kinds take the spec's steps
@@ -50,14 +70,15 @@ class Component:
         budget = f"{self.steps} queries" if self.name == "Square" else f"{self.steps} steps"
         return f"{self.name} ({budget}" + (f", {self.targets} targets)" if self.targets is not None else ")")
 
-    def build(self, model: nn.Module, eps: float, n_classes: int, seed: int) -> torchattacks.Attack:
+    def build(self, model: nn.Module, eps: float, n_classes: int, seed: int, norm: Norm = "Linf"
+              ) -> TorchAttack:
         if self.name in ("APGD-CE", "APGD-DLR"):
-            return torchattacks.APGD(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
+            return torchattacks.APGD(model, norm=norm, eps=eps, steps=self.steps, n_restarts=1,
                                      loss="ce" if self.name == "APGD-CE" else "dlr", seed=seed)
         if self.name == "Square":
             return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=self.steps, n_restarts=1, seed=seed)
         if self.name == "APGD-T":
-            attack = torchattacks.APGDT(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
+            attack = torchattacks.APGDT(model, norm=norm, eps=eps, steps=self.steps, n_restarts=1,
                                         n_classes=n_classes, seed=seed)
         else:
             attack = torchattacks.FAB(model, norm="Linf", eps=eps, steps=self.steps, n_restarts=1,
@@ -68,7 +89,8 @@ class Component:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One L-inf attack. `step` defaults to 2.5 * eps / steps (Madry et al.); `restarts` keeps the worst case."""
+    """One attack in the `norm` ball of radius `eps` (L-inf by default). `step` defaults to 2.5 * eps / steps (Madry
+    et al.); `restarts` keeps the worst case."""
 
     kind: AttackKind
     eps: float
@@ -76,10 +98,15 @@ class AttackSpec:
     step: float | None = None
     random_start: bool = True
     restarts: int = 1
+    norm: Norm = "Linf"
 
     def __post_init__(self) -> None:
-        check_fields(self, kind=choice(KINDS, "attack"), eps=radius, steps=integer(1), step=optional(positive),
+        check_fields(self, kind=choice(KINDS, "attack"), norm=choice(NORMS, "norm"),
+                     eps=radius if self.norm == "Linf" else non_negative, steps=integer(1), step=optional(positive),
                      random_start=boolean, restarts=integer(1))
+        require(self.norm == "Linf" or self.kind in L2_KINDS, "AttackSpec.kind", self.kind,
+                f"has no {self.norm} form in the kit", f"use one of {', '.join(L2_KINDS)} with norm={self.norm!r}, "
+                "or pass a torchattacks attack you configured (ExternalAttack)")
 
     @property
     def step_size(self) -> float:
@@ -90,10 +117,11 @@ class AttackSpec:
         """Short name for tables: FGSM, PGD-10, PGD-20x5 (5 restarts), AutoAttack (torchattacks), AutoAttack.
 
         The strong kinds are named by their four-class composition; `components` says what ran on fewer classes."""
+        norm = "" if self.norm == "Linf" else f" ({self.norm})"
         if self.kind == "pgd":
-            return f"PGD-{self.steps}" + (f"x{self.restarts}" if self.restarts > 1 else "")
+            return f"PGD-{self.steps}" + (f"x{self.restarts}" if self.restarts > 1 else "") + norm
         if self.kind in ("apgd-ce", "apgd"):
-            return f"APGD-{'CE' if self.kind == 'apgd-ce' else 'CE+T'}-{self.steps}"
+            return f"APGD-{'CE' if self.kind == 'apgd-ce' else 'CE+T'}-{self.steps}" + norm
         return {"fgsm": "FGSM", "autoattack": "AutoAttack (torchattacks)", "autoattack-original": "AutoAttack"}[self.kind]
 
     @property
@@ -124,7 +152,7 @@ class AttackSpec:
 
     def settings(self, n_classes: int) -> dict[str, Any]:
         """Everything needed to rerun the attack on an `n_classes`-way task, as recorded with each result."""
-        settings: dict[str, Any] = {"kind": self.kind, "eps": self.eps, "norm": "Linf"}
+        settings: dict[str, Any] = {"kind": self.kind, "eps": self.eps, "norm": self.norm}
         if self.kind == "pgd":
             settings |= {"steps": self.steps, "step": self.step_size, "random_start": self.random_start,
                          "restarts": self.restarts}
@@ -139,17 +167,71 @@ class AttackSpec:
             settings["version"] = "standard"
         return settings
 
-    def build(self, model: nn.Module, n_classes: int, seed: int) -> torchattacks.Attack:
+    def build(self, model: nn.Module, n_classes: int, seed: int) -> TorchAttack:
         """The torchattacks object attacking `model` (which takes [0, 1] images and returns logits)."""
         eps = self.eps
         if self.kind == "fgsm":
             return torchattacks.FGSM(model, eps=eps)
         if self.kind == "pgd":
-            pgd = [torchattacks.PGD(model, eps=eps, alpha=self.step_size, steps=self.steps,
-                                    random_start=self.random_start) for _ in range(self.restarts)]
+            kind = torchattacks.PGD if self.norm == "Linf" else torchattacks.PGDL2
+            pgd = [kind(model, eps=eps, alpha=self.step_size, steps=self.steps, random_start=self.random_start)
+                   for _ in range(self.restarts)]
             return pgd[0] if self.restarts == 1 else torchattacks.MultiAttack(pgd)
-        attacks = [c.build(model, eps, n_classes, seed) for c in self.components(n_classes)]
+        attacks = [c.build(model, eps, n_classes, seed, self.norm) for c in self.components(n_classes)]
         return attacks[0] if len(attacks) == 1 else torchattacks.MultiAttack(attacks)
+
+
+_NOT_SETTINGS = ("attack", "model_name", "attack_mode", "supported_mode")  # torchattacks' bookkeeping
+
+
+@dataclass(frozen=True, eq=False)
+class ExternalAttack:
+    """A torchattacks attack configured by hand, evaluated as the kit's own specs are: its label is its class,
+    its settings (class and public scalar attributes) are recorded and key the cache of outcomes. It must carry a
+    radius (`eps`) for its examples to be checked against, and is run as it is bound (to the pipeline evaluated)."""
+
+    attack: TorchAttack
+    restarts: int = 1
+    always_perturbs: bool = False  # torchattacks' attacks may return the clean input where they fail
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.attack, TorchAttack), "attack", self.attack, "not a torchattacks attack",
+                "pass e.g. torchattacks.PGDL2(pipeline, eps=0.5), or an AttackSpec")
+        require(isinstance(getattr(self.attack, "eps", None), (int, float)), "attack", type(self.attack).__name__,
+                "has no radius (eps): its examples cannot be checked to lie in a ball, nor compared at one",
+                "use an attack with an eps (CW, which has none, minimises the distance instead)")
+
+    @property
+    def eps(self) -> float:
+        return float(self.attack.eps)
+
+    @property
+    def norm(self) -> Norm:
+        name = type(self.attack).__name__
+        return "L2" if getattr(self.attack, "norm", None) == "L2" or name.endswith("L2") else "Linf"
+
+    @property
+    def label(self) -> str:
+        name = type(self.attack).__name__
+        return name + (" (L2)" if self.norm == "L2" and not name.endswith("L2") else "")
+
+    def settings(self, n_classes: int) -> dict[str, Any]:
+        public = {k: v for k, v in sorted(vars(self.attack).items()) if not k.startswith("_")
+                  and k not in _NOT_SETTINGS and isinstance(v, (bool, int, float, str))}
+        return {"kind": "torchattacks", "class": type(self.attack).__name__, "implementation": IMPLEMENTATION,
+                **public, "eps": self.eps, "norm": self.norm}
+
+    def build(self, model: nn.Module, n_classes: int, seed: int) -> TorchAttack:
+        """The attack itself: it is bound to the pipeline already (checked before evaluation starts)."""
+        return self.attack
+
+
+Attack = AttackSpec | ExternalAttack
+
+
+def as_attack(attack: AttackSpec | ExternalAttack | TorchAttack) -> Attack:
+    """An `AttackSpec` or `ExternalAttack` as it is; a bare torchattacks attack wrapped in an `ExternalAttack`."""
+    return ExternalAttack(attack) if isinstance(attack, TorchAttack) else attack
 
 
 def pgd(eps: float, steps: int = 10, **kwargs: Any) -> AttackSpec:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torchattacks.attack import Attack as TorchAttack
 
 from cropkit.core import distributed, precision
 from cropkit.core.checkpoint import measurement_path, module_digest, read_json, reading, write_json
@@ -31,7 +32,7 @@ from cropkit.core.precision import PRECISIONS, Precision, describe, fp32, resolv
 from cropkit.core.progress import bar as progress_bar
 from cropkit.core.validate import boolean, check_adversarial, choice
 from cropkit.data import ImageData
-from cropkit.eval.attacks import IMPLEMENTATION, AttackSpec
+from cropkit.eval.attacks import IMPLEMENTATION, Attack, AttackSpec, ExternalAttack, as_attack
 from cropkit.eval.checks import SAMPLE, AuditReport, structural_checks
 from cropkit.eval.inputs import check_evaluation
 from cropkit.eval.records import (
@@ -63,7 +64,7 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
 
 
 def attack_batches(
-    model: nn.Module, spec: AttackSpec, images: Tensor, labels: Tensor, *, n_classes: int, seed: int,
+    model: nn.Module, spec: Attack, images: Tensor, labels: Tensor, *, n_classes: int, seed: int,
     batch_size: int = 256, batches: range | None = None, desc: str | None = None,
 ) -> Tensor:
     """Adversarial examples for `images` (CPU tensors in [0, 1]) made batch by batch on the model's device.
@@ -81,7 +82,7 @@ def attack_batches(
         x, y = image_batches[b].to(device, non_blocking=True), label_batches[b].to(device, non_blocking=True)
         torch.manual_seed(seed * 100_003 + b)  # torchattacks draws random starts from the global generators
         x_adv = attack(x, y)
-        check_adversarial(x_adv, x, spec.eps, spec.label)
+        check_adversarial(x_adv, x, spec.eps, spec.label, spec.norm)
         adversarial.append(x_adv.detach().cpu())
     return torch.cat(adversarial) if adversarial else images[:0]
 
@@ -131,7 +132,7 @@ def largest_batch(model: nn.Module, example: Tensor, *, start: int = 64, limit: 
 def evaluate(
     pipeline: nn.Module,
     data: ImageData,
-    attacks: Sequence[AttackSpec],
+    attacks: Sequence[AttackSpec | ExternalAttack | TorchAttack],
     *,
     model_name: str,
     seed: int = 0,
@@ -144,7 +145,8 @@ def evaluate(
     precision: Precision = "auto",
     cache: bool = True,
 ) -> list[dict[str, Any]]:
-    """Clean and robust accuracy of `pipeline` on `data` under each attack; append the records to `results`.
+    """Clean and robust accuracy of `pipeline` on `data` under each attack (an `AttackSpec`, or a `TorchAttack`
+    configured by hand and bound to `pipeline`); append the records to `results`.
 
     Each record holds the accuracies with their 95% Wilson intervals and the per-example outcomes (clean, and
     clean-and-robust) with the digest of the example set, for paired comparisons (`results.compare_records`).
@@ -166,8 +168,9 @@ def evaluate(
     with fp32(precision == "fp32"):  # the input checks run a forward pass too
         check_evaluation(pipeline, data, attacks, model_name=model_name, batch_size=batch_size, seed=seed,
                          results=results)
-        return _evaluate(pipeline, data, attacks, model_name=model_name, seed=seed, batch_size=batch_size,
-                         device=device, results=results, setup=setup, audit=audit, compile=compile, cache=cache)
+        return _evaluate(pipeline, data, [as_attack(a) for a in attacks], model_name=model_name, seed=seed,
+                         batch_size=batch_size, device=device, results=results, setup=setup, audit=audit,
+                         compile=compile, cache=cache)
 
 
 def outcomes_dir() -> Path:
@@ -175,7 +178,7 @@ def outcomes_dir() -> Path:
     return cache_dir() / "evaluations"
 
 
-def outcomes_path(model_digest: str, data: ImageData, spec: AttackSpec, **context: Any) -> Path:
+def outcomes_path(model_digest: str, data: ImageData, spec: Attack, **context: Any) -> Path:
     """Where the per-example outcomes of `spec` on `data` for the model with weights `model_digest` are cached;
     `context` holds what else decides them (seed, batch size, precision, compile backend)."""
     fields = {"model": model_digest, "attack": spec.settings(data.num_classes), "restarts": spec.restarts,
@@ -184,7 +187,7 @@ def outcomes_path(model_digest: str, data: ImageData, spec: AttackSpec, **contex
 
 
 def _evaluate(
-    pipeline: nn.Module, data: ImageData, attacks: Sequence[AttackSpec], *, model_name: str, seed: int,
+    pipeline: nn.Module, data: ImageData, attacks: Sequence[Attack], *, model_name: str, seed: int,
     batch_size: int | Literal["auto"], device: torch.device | str | None, results: str | os.PathLike[str] | None,
     setup: dict[str, Any] | None, audit: AuditReport | None, compile: str | None, cache: bool,
 ) -> list[dict[str, Any]]:
@@ -209,7 +212,6 @@ def _evaluate(
         "split": data.split,
         "n_examples": n,
         "examples": data.digest(),
-        "threat_model": "Linf",
         "seed": seed,
         **accuracy_fields(correct, "clean"),
         "audit": audit.verdict(),
@@ -250,6 +252,7 @@ def _evaluate(
                 write_json(path, {"robust": encode_outcomes(robust), "runtime_s": replayed["runtime_s"]})
         records.append(base | {
             "attack": spec.label,
+            "threat_model": spec.norm,
             "eps": spec.eps,
             "attack_settings": spec.settings(data.num_classes),
             "implementation": IMPLEMENTATION,
@@ -257,7 +260,7 @@ def _evaluate(
             "outcomes": {"clean": encode_outcomes(correct), "robust": encode_outcomes(robust)},
             **replayed,
         })
-    if len({spec.eps for spec in attacks}) == 1 and len(attacks) > 1:
+    if len({(spec.eps, spec.norm) for spec in attacks}) == 1 and len(attacks) > 1:
         records.append(worst_case(records))
     if results is not None and distributed.is_main():
         append_records(results, records)

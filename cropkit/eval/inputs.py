@@ -8,11 +8,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchattacks.attack import Attack as TorchAttack
 
 from cropkit.core import precision
 from cropkit.core.validate import Summary, integer, require, show, writable_file
 from cropkit.data import ImageData
-from cropkit.eval.attacks import AttackSpec
+from cropkit.eval.attacks import AttackSpec, ExternalAttack
 
 
 def head_classes(pipeline: nn.Module, example: Tensor) -> int:
@@ -56,8 +57,15 @@ def check_evaluation(pipeline: nn.Module, data: Any, attacks: Any, *, model_name
     require(len(attacks) > 0, "attacks", attacks, "no attack to run, so nothing would be recorded",
             "pass at least one AttackSpec, e.g. [pgd(0.1)] (pgd(0.0) records clean accuracy alone)")
     for i, spec in enumerate(attacks):
-        require(isinstance(spec, AttackSpec), f"attacks[{i}]", spec, "not an AttackSpec",
-                "build it with cropkit.eval.attacks.AttackSpec(...) or pgd(eps)")
+        require(isinstance(spec, (AttackSpec, ExternalAttack, TorchAttack)), f"attacks[{i}]", spec,
+                "not an attack", "build it with cropkit.eval.attacks.AttackSpec(...) or pgd(eps), or pass a "
+                "torchattacks attack bound to the pipeline, e.g. torchattacks.PGDL2(pipeline, eps=0.5)")
+        attack = spec.attack if isinstance(spec, ExternalAttack) else spec
+        require(getattr(attack, "model", pipeline) is pipeline, f"attacks[{i}]", type(attack).__name__,
+                "is bound to another model than the pipeline evaluated: it would attack that model and score this one",
+                "build it on the pipeline you evaluate, e.g. torchattacks.PGDL2(pipeline, eps=0.5)")
+        if isinstance(spec, TorchAttack):
+            ExternalAttack(spec)  # refuses an attack without a radius, before any work
     require(isinstance(model_name, str) and model_name.strip() != "", "model_name", model_name,
             "every record needs a model name", "pass a non-empty string")
     if batch_size != "auto":
