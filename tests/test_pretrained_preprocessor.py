@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from cropkit.core.validate import InputError
 from cropkit.cropd.autoencoders import build_autoencoder
 from cropkit.cropd.config import PreprocessorConfig
 from cropkit.cropd.pretrained import FoundationMismatchError, TrainedPreprocessor, from_pretrained, load_records
@@ -87,3 +88,53 @@ def test_a_vit_preprocessor_travels_and_a_hub_id_resolves_through_the_hub(tmp_pa
     assert torch.equal(loaded.model(x), model(x)) and loaded.model.image_size == 32
     with pytest.raises(FileNotFoundError, match="not a hub id"):
         from_pretrained(tmp_path / "missing" / "folder", foundation=None)
+
+
+def test_the_card_is_a_hugging_face_model_card_with_license_and_model_index(trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    folder = trained.save_pretrained(tmp_path / "card", foundation=_foundation(0), records=RECORDS)
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.license == "mit" and card.data.library_name == "cropkit"
+    metrics = {m["name"]: m["value"] for entry in card.data.to_dict()["model-index"] for result in entry["results"]
+               for m in result["metrics"]}
+    assert metrics == {"clean accuracy": 80.0, "robust accuracy, PGD-10 at Linf eps 0.1": 40.0}
+
+
+def test_the_foundation_model_comes_from_the_card_unless_given(trained, tmp_path):
+    """Saved in front of the shipped embedded model (loaded by its spec), reloaded without naming it."""
+    from cropkit.foundation.pretrain import load_foundation
+
+    fm = load_foundation("embedded")
+    folder = trained.save_pretrained(tmp_path / "for-embedded", foundation=fm)
+    assert json.loads((folder / "config.json").read_text())["foundation"]["spec"] == "embedded"
+    loaded = from_pretrained(folder)
+    assert loaded.foundation is not None and loaded.foundation.name == fm.name
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(loaded.foundation(x), fm(x))
+    unnamed = trained.save_pretrained(tmp_path / "unnamed", foundation=_foundation(0))  # built by hand: no spec
+    with pytest.raises(InputError, match="names no loadable foundation model"):
+        from_pretrained(unnamed)
+
+
+def test_push_to_hub_uploads_the_saved_folder(trained, tmp_path, monkeypatch):
+    """Offline: the hub client is replaced by one that records what it is asked to upload."""
+    import huggingface_hub
+
+    uploaded = {}
+
+    class Api:
+        def __init__(self, token=None):
+            uploaded["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploaded["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploaded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    url = trained.push_to_hub("someone/cropd-digits", foundation=_foundation(0), records=RECORDS, token="t")
+    assert url.endswith("someone/cropd-digits/commit/0") and uploaded["repo"] == ("someone/cropd-digits", None, True)
+    assert uploaded["files"] == ["README.md", "config.json", "model.safetensors", "records.jsonl"]

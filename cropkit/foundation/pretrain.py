@@ -267,9 +267,10 @@ def load_foundation(spec: str | os.PathLike[str] = "embedded", pooling: Pooling 
         model = FoundationModel.from_pretrained(path, pooling=pooling)
         origin = "shipped" if shipped else f"pre-trained here, {path.name}"
         model.name = f"embedded ViT-MAE ({config.dataset}, seed {config.seed}, {origin})"
-        return model
-    with quiet_transformers(), pretrained_source(spec):
-        model_type = AutoConfig.from_pretrained(spec).model_type
-    if model_type == "vit_mae":
-        return FoundationModel.from_pretrained(spec, pooling=pooling)
-    return HubBackbone.from_pretrained(spec, pooling="cls" if pooling == "cls" else "pooler")
+    else:
+        with quiet_transformers(), pretrained_source(spec):
+            model_type = AutoConfig.from_pretrained(spec).model_type
+        model = (FoundationModel.from_pretrained(spec, pooling=pooling) if model_type == "vit_mae" else
+                 HubBackbone.from_pretrained(spec, pooling="cls" if pooling == "cls" else "pooler"))
+    model.spec = spec  # what loads it again (a pre-processor's card names it)
+    return model
