@@ -59,3 +59,22 @@ def test_the_factor_that_moves_the_difference_more_is_named():
     text = verdict(a, b)
     assert "the foundation model moves it more" in text and "across 3 training runs" in text
     assert text.count("(p = ") == len(RUNS)  # every run's own McNemar test, as detail
+
+
+def test_the_readme_headline_gives_each_comparison_over_its_runs_and_says_when_one_run_gives_no_verdict():
+    from cropkit.runs.report import headline
+
+    hard = np.random.default_rng(2).random(200)
+    seeds = [("fm0", s) for s in (0, 1, 2)]
+    cropd = method("CRoPD (lambda=1) · SLF", {run: 0.5 + 0.01 * run[1] for run in seeds}, hard)
+    denoising = method("Adv-denoising AE · SLF", {run: 0.2 for run in seeds}, hard)
+    identity = method("Identity · SLF", {("fm0", None): 0.0}, hard)
+    aft = method("AFT (all blocks)", {("fm0", 0): 0.1}, hard)
+    for r in cropd + denoising + identity:
+        r["setup"]["protocol"] = "SLF"
+    text = headline({"02_main_results": cropd + denoising + identity, "06_robust_finetuning": cropd[:1] + aft})
+    rows = {line.split(" | ")[1]: line for line in text.splitlines()[2:]}
+    assert "| 3 | +" in rows["CRoPD (lambda=1) · SLF vs Adv-denoising AE · SLF"]
+    assert rows["CRoPD (lambda=1) · SLF vs Adv-denoising AE · SLF"].endswith("| CRoPD (lambda=1) · SLF ahead |")
+    assert rows["CRoPD (lambda=1) · SLF vs AFT (all blocks)"].endswith("one training run: no verdict about the methods |")
+    assert not any("Recon AE" in key for key in rows)  # a comparison whose records are missing is left out

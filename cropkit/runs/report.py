@@ -25,7 +25,7 @@ from cropkit.core.validate import choice, items, record_list, require
 from cropkit.cropd.losses import COLLAPSED
 from cropkit.eval.records import ACCURACY_FIELDS, EVALUATIONS_FIX, RUNS_FILE, compare_records, load_records, pooled
 from cropkit.eval.stats import format_accuracy, mcnemar_sample_size, seed_spread
-from cropkit.runs.verdicts import run_label, run_name, training_run, verdict  # noqa: F401 (run_label: until the notebooks are rerun)
+from cropkit.runs.verdicts import across_runs, run_label, run_name, training_run, verdict  # noqa: F401 (run_label: until the notebooks are rerun)
 
 if TYPE_CHECKING:  # nbformat is imported where notebooks are written: it loads jsonschema, whose URI grammar alone
     import nbformat  # takes 3 s, and every notebook imports this module to render its summary
@@ -594,19 +594,14 @@ def _reference_fix(profile: str) -> str:
             f"{profile}`, then `cropkit report --profile {profile} --update-from results/{profile}`)")
 
 
-def _sections(by_notebook: dict[str, list[Record]], names: Iterable[str], level: str, brief: bool = False
-              ) -> list[str]:
-    """Each notebook's summary under a heading, with its records' provenance; `brief` leaves out the indented
-    detail lines (each run's own test, the factors' spreads), which stay in the results page."""
+def _sections(by_notebook: dict[str, list[Record]], names: Iterable[str], level: str) -> list[str]:
+    """Each notebook's summary under a heading, with its records' provenance."""
     parts = []
     for name in names:
         records = by_notebook.get(name)
         if records and name in SUMMARIES:
             first = records[0]
-            text = summary(name, records)
-            if brief:
-                text = "\n".join(line for line in text.splitlines() if not line.startswith("  "))
-            parts.append(f"{level} {name}\n\n{text}\n\n"
+            parts.append(f"{level} {name}\n\n{summary(name, records)}\n\n"
                          f"<sub>{len(records)} records; commit {first.get('commit', '?')[:12]}, "
                          f"{first.get('device', '?')}, {first.get('timestamp', '?')}.</sub>\n")
     return parts
@@ -623,22 +618,59 @@ def render(profile: str, by_notebook: dict[str, list[Record]]) -> str:
         *_sections(by_notebook, by_notebook, "##")])
 
 
-README_SECTIONS = ("02_main_results", "06_robust_finetuning", "07_cost")  # the quick profile's headline notebooks
+# The README's headline comparisons: (notebook, method A, method B, which of the notebook's worst-case records).
+HEADLINES: tuple[tuple[str, str, str, Callable[[Record], bool]], ...] = (
+    *(("02_main_results", "CRoPD", other, lambda r: r["setup"].get("protocol") == "SLF")
+      for other in ("Identity", "Recon AE", "Adv-denoising AE")),
+    ("03_lambda_ablation", "CRoPD (lambda=1)", "CRoPD (lambda=0.1)", lambda r: True),
+    *(("06_robust_finetuning", "CRoPD", other, lambda r: not r["setup"].get("zero-shot"))
+      for other in ("AFT", "TeCoA", "PMG-AFT")),
+)
+
+
+def _headline_row(notebook: str, a: Sequence[Record], b: Sequence[Record]) -> dict[str, Any]:
+    comparison, _ = across_runs(a, b)
+    low, high = comparison.interval
+    ahead, behind = comparison.favouring
+    if comparison.runs == 1:
+        said = "one training run: no verdict about the methods"
+    elif comparison.resolved:
+        said = f"{comparison.a if comparison.difference > 0 else comparison.b} ahead"
+    else:
+        said = "not resolved" + (f" (about {comparison.runs_needed} runs would resolve it)"
+                                 if comparison.runs_needed else " (the test images limit it)")
+    return {"notebook": notebook[:2], "A vs B, worst-case accuracy": f"{comparison.a} vs {comparison.b}",
+            "runs": comparison.runs, "A - B, points [95% interval]":
+            f"{100 * comparison.difference:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
+            "runs with A ahead / B ahead": f"{ahead} / {behind}", "verdict": said}
+
+
+def headline(by_notebook: dict[str, list[Record]]) -> str:
+    """The headline comparisons (`HEADLINES`) over training runs, one row each: the mean difference of worst-case
+    accuracy with its interval over runs and test images, how many runs put each ahead, and the verdict. A model is
+    named by its name or the start of it up to a space ("CRoPD" for "CRoPD (lambda=1) · SLF")."""
+    rows = []
+    for notebook, a, b, where in HEADLINES:
+        worst = [r for r in evaluations(latest(by_notebook.get(notebook, [])), attack="worst case") if where(r)]
+        first = {name: [r for r in worst if r["model"] == name or r["model"].startswith(name + " ")] for name in (a, b)}
+        if all(first.values()):
+            rows.append(_headline_row(notebook, first[a], first[b]))
+    return table(rows)
 
 
 def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
-    """The README's generated results: the quick profile's headline notebooks' verdicts (without the per-run
-    detail), each notebook's wall-clock in the run that made the committed outputs, and where the rest is."""
+    """The README's generated results: the headline comparisons over training runs, each notebook's wall-clock in
+    the run that made the committed outputs, and where the rest is."""
     check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
     seconds = {p.stem: json.loads(p.read_text(encoding="utf-8"))["metadata"].get("cropkit", {}).get("seconds")
-               for p in sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))} if profile == "quick" else {}
+               for p in sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
     timing = (["Wall-clock of each notebook in the run that made this reference: "
                + ", ".join(f"{name[:2]} {s:.0f} s" for name, s in seconds.items())
-               + f"; {sum(seconds.values()) / 60:.1f} min in all.\n"] if seconds and None not in seconds.values() else [])
+               + f"; {sum(seconds.values()) / 60:.1f} min in all.\n"] if None not in seconds.values() else [])
     return "\n".join([
-        f"Generated by `cropkit report --profile {profile}` from `reference/{profile}/`; every notebook's summary is in "
-        f"[`reference/{profile}/RESULTS.md`](reference/{profile}/RESULTS.md).\n", *timing,
-        *_sections(by_notebook, README_SECTIONS, "####", brief=True)])
+        f"Generated by `cropkit report --profile {profile}` from `reference/{profile}/`; every notebook's summary, "
+        f"with each run's own tests, is in [`reference/{profile}/RESULTS.md`](reference/{profile}/RESULTS.md).\n",
+        headline(by_notebook), "", *timing])
 
 
 def outputs(profile: str) -> dict[Path, str]:
