@@ -100,6 +100,7 @@ def test_quick_estimate_is_within_a_factor_of_the_measured_time(tiny_foundation_
     monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     overrides = {"dataset": "digits", "foundation": str(tiny_foundation_dir), "lambdas": [0.0, 1.0], "ae_epochs": 1,
+                 "seeds": [0],
                  "n_eval": 128}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

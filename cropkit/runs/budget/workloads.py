@@ -40,6 +40,7 @@ from cropkit.runs.budget.passes import (
     measured_preprocessor_passes,
     preprocessor_passes,
 )
+from cropkit.runs.design import training_runs
 
 # L-BFGS evaluations per head fit (measured: 955 for the six fits of the MNIST-5k pixel probe, about 160 each;
 # convergence varies with the data).
@@ -98,8 +99,9 @@ class Workload:
         self.datasets.add(name)
         return dataset_facts(name)
 
-    def foundation(self, dataset: str) -> Network:
-        spec, d = self.p["foundation"], self.data(dataset)
+    def foundation(self, dataset: str, spec: str | None = None) -> Network:
+        """The foundation model `spec` (default: the `foundation` parameter) on `dataset`'s images."""
+        spec, d = spec or self.p["foundation"], self.data(dataset)
         facts = foundation_facts(spec, d.channels)
         self.foundations.add(spec)
         if facts.pretraining is not None:
@@ -222,22 +224,31 @@ def nb01(w: Workload) -> None:
 
 
 def nb02(w: Workload) -> None:
+    """Every pre-processor per seed; per training run (`design.training_runs`) Identity once per foundation model and
+    each seed's pre-processors with SLF heads; ALF heads on the first run only."""
     p, d = w.p, w.data(w.p["dataset"])
-    fm = w.foundation(p["dataset"])
     common = dict(architecture=p["architecture"], epochs=p["ae_epochs"])
-    configs = [_ae_config(p, kind=kind, lam=lam, seed=seed, **common) for kind, lam in
-               (("recon", 0.0), ("adv-recon", 0.0), ("cropd", p["lam"])) for seed in p["seeds"]]
-    stacks = [(fm, "identity")]
-    for config in configs:
-        ae = w.preprocessor(config)
-        w.add(f"PSNR ({config.name}, seed {config.seed})", "eval", ae, d.test, 1.0, "bf16", 512, backward=False)
-        stacks.append((ae + fm, "defended"))
+    trained = {}
+    for seed in p["seeds"]:
+        for kind, lam in (("recon", 0.0), ("adv-recon", 0.0), ("cropd", p["lam"])):
+            config = _ae_config(p, kind=kind, lam=lam, seed=seed, **common)
+            ae = trained.setdefault((kind, seed), w.preprocessor(config))
+            w.add(f"PSNR ({config.name}, seed {config.seed})", "eval", ae, d.test, 1.0, "bf16", 512, backward=False)
     n = w.n("n_eval", p["dataset"])
-    for stack, role in stacks:
-        w.slf(stack, p["dataset"])
-        w.alf(stack, min(p["n_alf_train"], d.train), p["alf_epochs"], p["alf_steps"])
-        for _protocol in ("SLF", "ALF"):
-            w.evaluate(stack, n, [pgd(p["eps"], 10), pgd(p["eps"], 20), strong(p)], d.classes, role)
+    attacks = [pgd(p["eps"], 10), pgd(p["eps"], 20), strong(p)]
+    runs = training_runs(p["foundation"], p["seeds"], p.get("more_foundations", []))
+    identities: set[str] = set()
+    for spec, seed in runs:
+        fm = w.foundation(p["dataset"], spec)
+        stacks = ([(fm, "identity")] if spec not in identities else [])
+        stacks += [(ae + fm, "defended") for (_, s), ae in trained.items() if s == seed]
+        identities.add(spec)
+        for stack, role in stacks:
+            w.slf(stack, p["dataset"])
+            w.evaluate(stack, n, attacks, d.classes, role)
+            if (spec, seed) == runs[0]:
+                w.alf(stack, min(p["n_alf_train"], d.train), p["alf_epochs"], p["alf_steps"])
+                w.evaluate(stack, n, attacks, d.classes, role)
 
 
 def nb03(w: Workload) -> None:
@@ -277,14 +288,21 @@ def nb05(w: Workload) -> None:
     common = dict(dataset=p["dataset"], n_train=p["n_pretrain"], width=p["width"],
                   blocks_per_stage=p["blocks_per_stage"],
                   epochs=p["epochs"], warmup_epochs=p["lr_warmup_epochs"], batch_size=p["batch_size"], eps=p["eps"],
-                  attack_steps=p["attack_steps"], anneal_interval=p["anneal_interval"], seed=p["seed"])
+                  attack_steps=p["attack_steps"], anneal_interval=p["anneal_interval"])
+    for seed in p.get("seeds", [p["seed"]]):
+        _acl_family_run(w, p, d, common | {"seed": seed}, n_pre, n_down, n, hard, resnet)
+
+
+def _acl_family_run(w: Workload, p: dict[str, Any], d: Any, common: dict[str, Any], n_pre: int, n_down: int, n: int,
+                    hard: AttackSpec, resnet: Network) -> None:
+    """One training seed of notebook 05: every encoder, its heads and evaluations, and CRoPD."""
     variants = [ACLConfig(method="acl", **common)]
     variants += [ACLConfig(method="acl", rcs=RCSConfig(k, interval=p["rcs_interval"], warmup=p["rcs_warmup"]), **common)
                  for k in p["rcs_fractions"]]
     variants += [ACLConfig(method="acl", air=True, **common), ACLConfig(method="dynacl", **common),
                  ACLConfig(method="dynacl", air=True, **common)]
     aff = FinetuneConfig(method="trades", eps=p["eps"], attack_steps=p["aff_attack_steps"], epochs=p["aff_epochs"],
-                         lr=p["aff_lr"], n_train=p["n_aff_train"], seed=p["seed"])
+                         lr=p["aff_lr"], n_train=p["n_aff_train"], seed=common["seed"])
     w.add("random-init BatchNorm calibration", "train", resnet, n_pre, 1.0, "tf32", 256, backward=False)
     w.slf(resnet, p["dataset"], n_down)
     w.evaluate(resnet, n, [pgd(p["eps"], 20), hard], d.classes, "defended")
@@ -305,15 +323,16 @@ def nb05(w: Workload) -> None:
               measured=w.measured(measured_finetune_passes, "trades", aff.attack_steps))
         for _protocol in ("SLF", "ALF", "AFF"):
             w.evaluate(resnet, n, [pgd(p["eps"], 20), hard], d.classes, "defended")
-    ae = w.preprocessor(_ae_config(p, kind="cropd", lam=1.0))
+    ae = w.preprocessor(_ae_config(p, kind="cropd", lam=1.0, seed=common["seed"]))
     fm = w.foundation(p["dataset"])
     w.slf(ae + fm, p["dataset"], n_down)
     w.evaluate(ae + fm, n, [pgd(p["eps"], 20), hard], d.classes, "defended")
 
 
-def _finetune_models(w: Workload, epochs: Iterable[int]) -> list[Any]:
+def _finetune_models(w: Workload, epochs: Iterable[int], seed: int | None = None) -> list[Any]:
     """What notebooks 06 and 07 share: the probe (and its ALF head where a method starts from it) and the runs of
-    each method for each of `epochs` (per-method PGD steps, learning rate and head start, as the notebooks)."""
+    each method for each of `epochs` (per-method PGD steps, learning rate and head start, as the notebooks), with
+    training seed `seed` (default: the `seed` parameter)."""
     p, d = w.p, w.data(w.p["dataset"])
     fm = w.foundation(p["dataset"])
     w.slf(fm, p["dataset"])
@@ -323,7 +342,7 @@ def _finetune_models(w: Workload, epochs: Iterable[int]) -> list[Any]:
     configs = [FinetuneConfig(method=m, eps=p["eps"], attack_steps=p["ft_steps"][m], epochs=e, lr=p["ft_lr"][m],
                               eps_warmup_epochs=min(p["ft_eps_warmup"][m], e),
                               last_blocks=p["last_blocks"], n_train=p["n_ft_train"],
-                              batch_size=p["ft_batch_size"], seed=p["seed"])
+                              batch_size=p["ft_batch_size"], seed=p["seed"] if seed is None else seed)
                for m in p["methods"] for e in epochs]
     for config in configs:  # what the fine-tuning starts from
         start = (p["foundation"], p.get("pooling"), p["dataset"], p["ft_start"][config.method])
@@ -332,14 +351,16 @@ def _finetune_models(w: Workload, epochs: Iterable[int]) -> list[Any]:
 
 
 def nb06(w: Workload) -> None:
+    """Per training seed: CRoPD and every fine-tuning method; Identity once."""
     p, d = w.p, w.data(w.p["dataset"])
     if p.get("clip_model"):
         raise ValueError("the plan does not model CLIP (clip_model); it covers the ViT-MAE setting")
-    ae = w.preprocessor(_ae_config(p, kind="cropd", lam=p["lam"], epochs=p["ae_epochs"]))
     fm = w.foundation(p["dataset"])
-    w.slf(ae + fm, p["dataset"])
-    configs = _finetune_models(w, [p["ft_epochs"]])
-    models = [(fm, "identity"), (ae + fm, "defended")] + [(fm, "defended")] * len(configs)
+    models = [(fm, "identity")]
+    for seed in p.get("seeds", [p["seed"]]):
+        ae = w.preprocessor(_ae_config(p, kind="cropd", lam=p["lam"], epochs=p["ae_epochs"], seed=seed))
+        w.slf(ae + fm, p["dataset"])
+        models += [(ae + fm, "defended")] + [(fm, "defended")] * len(_finetune_models(w, [p["ft_epochs"]], seed))
     attacks = [pgd(p["eps"], 10), strong(p)]
     for stack, role in models:
         w.evaluate(stack, w.n("n_eval", p["dataset"]), attacks, d.classes, role)
