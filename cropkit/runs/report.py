@@ -25,7 +25,7 @@ from cropkit.core.validate import choice, items, record_list, require
 from cropkit.cropd.losses import COLLAPSED
 from cropkit.eval.records import ACCURACY_FIELDS, EVALUATIONS_FIX, RUNS_FILE, compare_records, load_records, pooled
 from cropkit.eval.stats import format_accuracy, mcnemar_sample_size, seed_spread
-from cropkit.runs.verdicts import across_runs, run_label, run_name, training_run, verdict  # noqa: F401 (run_label: until the notebooks are rerun)
+from cropkit.runs.verdicts import across_runs, run_name, training_run, verdict
 
 if TYPE_CHECKING:  # nbformat is imported where notebooks are written: it loads jsonschema, whose URI grammar alone
     import nbformat  # takes 3 s, and every notebook imports this module to render its summary
