@@ -44,6 +44,15 @@ def test_paired_interval_reduces_to_newcombes_unpaired_interval_without_correlat
     assert high - low < high_anti - low_anti
 
 
+def test_paired_interval_matches_the_published_worked_examples():
+    """Fagerland, Lydersen & Laake (2017), chapter 8, as their R package contingencytables checks it: complete
+    response before and after consolidation therapy (Cavo et al. 2012, [[59, 6], [16, 80]]): -0.0621 (-0.1186 to
+    -0.0046); and a table of perfect agreement, [[1, 0], [0, 1]]: 0 (-0.5734 to 0.5734), which the uncorrected
+    correlation collapses to a zero-width interval."""
+    assert paired_difference_interval(59, 6, 16, 80) == pytest.approx((-0.1186, -0.0046), abs=5e-5)
+    assert paired_difference_interval(1, 0, 0, 1) == pytest.approx((-0.5734, 0.5734), abs=5e-5)
+
+
 def test_mcnemar_exact_p_value_is_the_binomial_test_on_discordant_pairs():
     assert mcnemar_p_value(0, 0) == 1.0
     assert mcnemar_p_value(10, 0) == pytest.approx(2 * 0.5**10)

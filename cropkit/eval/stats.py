@@ -2,10 +2,9 @@
 
 - `wilson_interval`: the 95% Wilson score interval of an accuracy (scipy's `binomtest(...).proportion_ci`).
 - `compare`: two models' per-example outcomes on the same examples: the difference of their accuracies with
-  Newcombe's hybrid score interval for paired proportions (method 10, Newcombe 1998) and the exact McNemar test
-  (a two-sided binomial test on the discordant examples). "A beats B" is said only when that test rejects. The
-  interval and the test are two procedures: at the boundary the interval can just exclude 0 while the exact test
-  does not reject (notebook 11 on CIFAR-10: -3.1 points [-6.4, -0.0], p = 0.077); the verdict follows the test.
+  Newcombe's square-and-add interval for paired proportions (method 10, Newcombe 1998, with his corrected
+  correlation) and the exact McNemar test (a two-sided binomial test on the discordant examples). "A beats B" is
+  said only when that test rejects; the interval and the test are two procedures, and the verdict follows the test.
 - `mcnemar_sample_size`: how many examples a paired comparison needs to detect a given difference (Connor 1987).
 - `seed_spread`: mean and spread of a number across training seeds.
 - `compare_runs`: two methods, each trained in the same K training runs and evaluated on the same examples: the
@@ -84,17 +83,22 @@ class Comparison:
 
 def paired_difference_interval(both: int, only_a: int, only_b: int, neither: int,
                                level: float = LEVEL) -> tuple[float, float]:
-    """Newcombe's hybrid score interval (method 10) for p_A - p_B from the 2x2 table of paired outcomes."""
+    """Newcombe's square-and-add interval (1998, method 10) for p_A - p_B from the 2x2 table of paired outcomes:
+    the two Wilson intervals' arms combined with Newcombe's corrected correlation psi (0 while the cross-product
+    difference is within N/2 of 0, shrunk by N/2 above it), which keeps the interval from collapsing when the two
+    models agree on nearly every example (Fagerland, Lydersen & Laake, "Statistical Analysis of Contingency
+    Tables", 2017, chapter 8)."""
     n = both + only_a + only_b + neither
     p_a, p_b = (both + only_a) / n, (both + only_b) / n
     low_a, high_a = wilson_interval(both + only_a, n, level)
     low_b, high_b = wilson_interval(both + only_b, n, level)
     marginals = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
-    phi = (both * neither - only_a * only_b) / math.sqrt(marginals) if marginals > 0 else 0.0
+    cross = both * neither - only_a * only_b
+    psi = 0.0 if marginals == 0 or 0 <= cross <= n / 2 else (cross - n / 2 * (cross > 0)) / math.sqrt(marginals)
     difference = p_a - p_b
-    lower = difference - math.sqrt(max(0.0, (p_a - low_a) ** 2 - 2 * phi * (p_a - low_a) * (high_b - p_b)
+    lower = difference - math.sqrt(max(0.0, (p_a - low_a) ** 2 - 2 * psi * (p_a - low_a) * (high_b - p_b)
                                        + (high_b - p_b) ** 2))
-    upper = difference + math.sqrt(max(0.0, (high_a - p_a) ** 2 - 2 * phi * (high_a - p_a) * (p_b - low_b)
+    upper = difference + math.sqrt(max(0.0, (high_a - p_a) ** 2 - 2 * psi * (high_a - p_a) * (p_b - low_b)
                                        + (p_b - low_b) ** 2))
     return max(-1.0, lower), min(1.0, upper)
 
