@@ -9,6 +9,7 @@ from cropkit.core.validate import InputError
 from cropkit.eval.stats import (
     compare,
     compare_runs,
+    holm,
     format_accuracy,
     mcnemar_p_value,
     mcnemar_sample_size,
@@ -153,3 +154,18 @@ def test_compare_runs_refuses_unpaired_runs():
         compare_runs("A", [np.ones(5, bool)] * 2, "B", [np.ones(5, bool)])
     with pytest.raises(InputError, match="correct_b"):
         compare_runs("A", [np.ones(5, bool)] * 2, "B", [np.ones(4, bool)] * 2)
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([]) == []
+
+
+def test_a_summary_says_which_resolved_claims_survive_holm():
+    from cropkit.runs.verdicts import multiplicity
+
+    tests = [("A vs B", 0.001, True), ("C vs D", 0.03, True), ("E vs F", 0.4, False)]
+    text = multiplicity(tests)
+    assert text.startswith("3 comparisons tested in this summary; 2 resolved, of which 1 stay resolved")
+    assert "(1 do not: C vs D)" in text
+    assert multiplicity(tests[:1]) == ""

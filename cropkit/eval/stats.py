@@ -7,6 +7,7 @@
   said only when that test rejects; the interval and the test are two procedures, and the verdict follows the test.
 - `mcnemar_sample_size`: how many examples a paired comparison needs to detect a given difference (Connor 1987).
 - `seed_spread`: mean and spread of a number across training seeds.
+- `holm`: Holm's adjusted p-values, for the claims a summary makes together.
 - `compare_runs`: two methods, each trained in the same K training runs and evaluated on the same examples: the
   verdict about the methods rather than about one run. The mean difference over runs and examples with a
   t-interval whose variance has a term for the training runs (the per-run differences' spread) and one for the
@@ -175,6 +176,17 @@ class RunsComparison:
         return self.runs > 1 and not self.interval[0] <= 0 <= self.interval[1]
 
     @property
+    def p_value(self) -> float | None:
+        """The t-test's two-sided p-value of a zero mean difference (its interval excludes 0 exactly when p < 1 -
+        level); None with one run, which tests nothing about the methods."""
+        if self.runs == 1:
+            return None
+        se, df = _interval_width(self.run_variance, self.runs, self.example_variance, self.n)
+        if se == 0:
+            return 1.0 if self.difference == 0 else 0.0
+        return float(2 * stats.t.sf(abs(self.difference) / se, df))
+
+    @property
     def favouring(self) -> tuple[int, int]:
         """How many runs put A ahead, and how many B."""
         return sum(d > 0 for d in self.differences), sum(d < 0 for d in self.differences)
@@ -255,3 +267,15 @@ def _runs_needed(mean: float, run_variance: float, example_variance: float, inte
         if se == 0 or (stats.t.ppf(0.5 + level / 2, df) + stats.t.ppf(power, df)) * se <= abs(mean):
             return runs
     return None
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the given order: a claim survives testing all of them together at
+    level alpha when its adjusted p-value is below alpha (Holm 1979)."""
+    p = np.asarray(items("p_values", p_values, numbers.Real, "p-value", "pass the p-values of the tests made together",
+                         at_least=0), dtype=float)
+    order = np.argsort(p)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    result = np.empty_like(adjusted)
+    result[order] = adjusted
+    return result.tolist()

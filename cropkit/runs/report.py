@@ -24,8 +24,8 @@ from cropkit.core.paths import cache_dir, project_root
 from cropkit.core.validate import choice, items, record_list, require
 from cropkit.cropd.losses import COLLAPSED
 from cropkit.eval.records import ACCURACY_FIELDS, EVALUATIONS_FIX, RUNS_FILE, compare_records, load_records, pooled
-from cropkit.eval.stats import format_accuracy, mcnemar_sample_size, seed_spread
-from cropkit.runs.verdicts import across_runs, run_name, training_run, verdict
+from cropkit.eval.stats import ALPHA, RunsComparison, format_accuracy, holm, mcnemar_sample_size, seed_spread
+from cropkit.runs.verdicts import across_runs, collecting, multiplicity, record_test, run_name, training_run, verdict
 
 if TYPE_CHECKING:  # nbformat is imported where notebooks are written: it loads jsonschema, whose URI grammar alone
     import nbformat  # takes 3 s, and every notebook imports this module to render its summary
@@ -74,6 +74,7 @@ def claim(a: Record, b: Record, which: str = "robust", *, a_name: str | None = N
           b_name: str | None = None, what: str | None = None) -> str:
     """A paired comparison of two records as one sentence ('A beats B ...' or '... not resolved at n = ...')."""
     comparison = compare_records(a, b, which, a_name=a_name, b_name=b_name)
+    record_test(f"{comparison.a} vs {comparison.b}", comparison.p_value, comparison.resolved)
     same_attack = which == "robust" and a.get("attack") == b.get("attack")
     label = what or ("clean accuracy" if which == "clean" else "robust accuracy" if not same_attack else
                      "worst-case accuracy" if a.get("attack") == "worst case" else f"{a.get('attack')} accuracy")
@@ -559,12 +560,16 @@ _WORST_CASE = ("worst-case evaluation", lambda r: r.get("attack") == "worst case
 
 
 def summary(notebook: str, records: Iterable[Record]) -> str:
-    """The closing summary of `notebook` (e.g. "02_main_results") from its records, as markdown."""
+    """The closing summary of `notebook` (e.g. "02_main_results") from its records, as markdown, ending with how
+    many comparisons it tested and which survive Holm's correction for testing them together."""
     choice(tuple(SUMMARIES), "notebook")("notebook", notebook)
     counted, reads = _READS.get(notebook, _WORST_CASE)
     records = record_list("records", records, where=reads, counted=counted,
                           fix=f"pass the records notebook {notebook} wrote (run.written, or load_records of its file)")
-    return SUMMARIES[notebook](latest(records))
+    with collecting() as tests:
+        text = SUMMARIES[notebook](latest(records))
+    corrected = multiplicity(tests)
+    return f"{text}\n\n{corrected}" if corrected else text
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -628,14 +633,14 @@ HEADLINES: tuple[tuple[str, str, str, Callable[[Record], bool]], ...] = (
 )
 
 
-def _headline_row(notebook: str, a: Sequence[Record], b: Sequence[Record]) -> dict[str, Any]:
-    comparison, _ = across_runs(a, b)
+def _headline_row(notebook: str, comparison: RunsComparison, adjusted: float | None, tested: int) -> dict[str, Any]:
     low, high = comparison.interval
     ahead, behind = comparison.favouring
     if comparison.runs == 1:
         said = "one training run: no verdict about the methods"
     elif comparison.resolved:
         said = f"{comparison.a if comparison.difference > 0 else comparison.b} ahead"
+        said += "" if adjusted < ALPHA else f" alone, not after Holm's correction over the table's {tested} rows"
     else:
         said = "not resolved" + (f" (about {comparison.runs_needed} runs would resolve it)"
                                  if comparison.runs_needed else " (the test images limit it)")
@@ -647,15 +652,19 @@ def _headline_row(notebook: str, a: Sequence[Record], b: Sequence[Record]) -> di
 
 def headline(by_notebook: dict[str, list[Record]]) -> str:
     """The headline comparisons (`HEADLINES`) over training runs, one row each: the mean difference of worst-case
-    accuracy with its interval over runs and test images, how many runs put each ahead, and the verdict. A model is
+    accuracy with its interval over runs and test images, how many runs put each ahead, and the verdict, which
+    says when a resolved row does not survive Holm's correction for the table's rows tested together. A model is
     named by its name or the start of it up to a space ("CRoPD" for "CRoPD (lambda=1) · SLF")."""
-    rows = []
+    found = []
     for notebook, a, b, where in HEADLINES:
         worst = [r for r in evaluations(latest(by_notebook.get(notebook, [])), attack="worst case") if where(r)]
         first = {name: [r for r in worst if r["model"] == name or r["model"].startswith(name + " ")] for name in (a, b)}
         if all(first.values()):
-            rows.append(_headline_row(notebook, first[a], first[b]))
-    return table(rows)
+            found.append((notebook, across_runs(first[a], first[b])[0]))
+    tested = [c.p_value for _, c in found if c.p_value is not None]
+    adjusted = iter(holm(tested))
+    return table([_headline_row(notebook, c, next(adjusted) if c.p_value is not None else None, len(tested))
+                  for notebook, c in found])
 
 
 def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:

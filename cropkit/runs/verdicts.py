@@ -11,16 +11,51 @@ tests, and, where the runs vary both the seed and the foundation model, which of
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np
 
 from cropkit.eval.records import compare_records, outcomes
-from cropkit.eval.stats import RunsComparison, compare_runs
+from cropkit.eval.stats import ALPHA, RunsComparison, compare_runs, holm
 from cropkit.runs.design import independent_runs
 
 Record = dict[str, Any]
+_TESTS: ContextVar[list[tuple[str, float, bool]] | None] = ContextVar("tests", default=None)
+
+
+@contextmanager
+def collecting() -> Iterator[list[tuple[str, float, bool]]]:
+    """Collect (claim, p-value, resolved) of every test `record_test` sees inside the block: the claims one
+    summary makes together, for `multiplicity`."""
+    tests: list[tuple[str, float, bool]] = []
+    token = _TESTS.set(tests)
+    try:
+        yield tests
+    finally:
+        _TESTS.reset(token)
+
+
+def record_test(claim: str, p_value: float | None, resolved: bool) -> None:
+    """Note a test made by a summary (ignored outside `collecting`, and for a comparison that tests nothing)."""
+    tests = _TESTS.get()
+    if tests is not None and p_value is not None:
+        tests.append((claim, p_value, resolved))
+
+
+def multiplicity(tests: Sequence[tuple[str, float, bool]]) -> str:
+    """How many claims a summary tested and which resolved ones survive Holm's correction for testing them
+    together; empty for fewer than two tests."""
+    if len(tests) < 2:
+        return ""
+    adjusted = holm([p for _, p, _ in tests])
+    resolved = [(claim, q) for (claim, _, was), q in zip(tests, adjusted) if was]
+    lost = [claim for claim, q in resolved if q >= ALPHA]
+    text = (f"{len(tests)} comparisons tested in this summary; {len(resolved)} resolved, of which "
+            f"{len(resolved) - len(lost)} stay resolved after Holm's correction for testing all {len(tests)} together")
+    return text + (f" ({len(lost)} do not: {'; '.join(lost)})." if lost else ".")
 
 
 def training_run(record: Record) -> tuple[Any, Any]:
@@ -109,6 +144,7 @@ def verdict(a: Sequence[Record], b: Sequence[Record], which: str = "robust", *, 
     """A markdown bullet: the seed-level verdict, then the per-run differences (exact McNemar), then which factor
     moves the difference more, when the runs vary both."""
     comparison, pairs = across_runs(a, b, which, a_name=a_name, b_name=b_name)
+    record_test(f"{comparison.a} vs {comparison.b}", comparison.p_value, comparison.resolved)
     label = what or ("clean accuracy" if which == "clean" else "worst-case accuracy"
                      if a[0].get("attack") == "worst case" else f"{a[0].get('attack')} accuracy")
     lines = [f"- {comparison.statement(label)}."]
