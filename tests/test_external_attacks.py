@@ -69,3 +69,10 @@ def test_external_attack_settings_key_the_cache_apart(setting):
     pipeline, _ = setting
     a, b = (ExternalAttack(torchattacks.PGDL2(pipeline, eps=1.0, steps=s)) for s in (5, 6))
     assert a.settings(10) != b.settings(10) and a.settings(10)["norm"] == "L2"
+
+
+def test_the_strong_attacks_label_names_what_ran_on_few_classes():
+    spec = AttackSpec("apgd", 0.1)
+    assert [spec.label_for(k) for k in (10, 3, 2)] == ["APGD-CE+T-10", "APGD-CE+DLR-10", "APGD-CE-10"]
+    assert [c.name for c in spec.components(3)] == ["APGD-CE", "APGD-DLR"]
+    assert [c.name for c in spec.components(2)] == ["APGD-CE"]

@@ -124,6 +124,15 @@ class AttackSpec:
             return f"APGD-{'CE' if self.kind == 'apgd-ce' else 'CE+T'}-{self.steps}" + norm
         return {"fgsm": "FGSM", "autoattack": "AutoAttack (torchattacks)", "autoattack-original": "AutoAttack"}[self.kind]
 
+    def label_for(self, n_classes: int) -> str:
+        """The label of what runs on an `n_classes`-way task: `label`, except that the `apgd` kind names the
+        second component it ran ("APGD-CE+DLR-10" with three classes, "APGD-CE-10" with two)."""
+        if self.kind != "apgd" or n_classes >= 4:
+            return self.label
+        second = {3: "+DLR"}.get(n_classes, "")
+        norm = "" if self.norm == "Linf" else f" ({self.norm})"
+        return f"APGD-CE{second}-{self.steps}{norm}"
+
     @property
     def always_perturbs(self) -> bool:
         """Whether the attack returns its final perturbed point for every example. FGSM and single-run PGD do;
@@ -214,6 +223,9 @@ class ExternalAttack:
     def label(self) -> str:
         name = type(self.attack).__name__
         return name + (" (L2)" if self.norm == "L2" and not name.endswith("L2") else "")
+
+    def label_for(self, n_classes: int) -> str:
+        return self.label
 
     def settings(self, n_classes: int) -> dict[str, Any]:
         public = {k: v for k, v in sorted(vars(self.attack).items()) if not k.startswith("_")

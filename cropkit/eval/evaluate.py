@@ -241,7 +241,7 @@ def _evaluate(
             started = time.perf_counter()
             x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
                                    batch_size=batch_size, batches=batches,
-                                   desc=f"{model_name}: {spec.label} eps={spec.eps:.4g}")
+                                   desc=f"{model_name}: {spec.label_for(data.num_classes)} eps={spec.eps:.4g}")
             held = torch.zeros(len(attacked_labels), dtype=torch.int64)
             if len(x_adv):
                 held[rows] = (predict(model, x_adv, batch_size) == attacked_labels[rows]).long()
@@ -251,7 +251,7 @@ def _evaluate(
             if path is not None:
                 write_json(path, {"robust": encode_outcomes(robust), "runtime_s": replayed["runtime_s"]})
         records.append(base | {
-            "attack": spec.label,
+            "attack": spec.label_for(data.num_classes),
             "threat_model": spec.norm,
             "eps": spec.eps,
             "attack_settings": spec.settings(data.num_classes),

@@ -29,9 +29,10 @@ CLIP's zero-shot head the cosine with each text embedding, for a linear probe th
 features and each class's weight row (the bias left out; the probe's class vectors play the text embeddings'
 part, a kit choice), times the method's scale. The fine-tuned pipeline keeps that head, so it is evaluated on the
 logits it was trained on, as both codes evaluate CLIP. AFT and TRADES train the head's own logits.
-Every method may grow the attack's radius linearly from 0 to eps over its first `eps_warmup_epochs` (by
-optimiser step): the eps-warmup of Debenedetti, Sehwag & Mittal 2023, "A Light Recipe to Train Robust Vision
-Transformers" (their code's `--eps-schedule`, a sine ramp there). Not in the TeCoA or PMG-AFT code, which start
+Every method may grow the attack's radius linearly from 0 to eps over its first `eps_warmup_epochs`: the idea of
+the eps-warmup of Debenedetti, Sehwag & Mittal 2023, "A Light Recipe to Train Robust Vision Transformers", whose
+code ramps eps per epoch with a fixed step of 1.5 * eps / steps; the kit's ramp per optimiser step, with the step
+scaled to the current radius, is its own choice. Not in the TeCoA or PMG-AFT code, which start
 from CLIP at full eps; a small ViT from its MAE start collapses to near-chance clean accuracy under full-eps PGD
 from the first step (`investigations/finetune_recipe.json`), so the kit's recipe uses it for every method alike.
 One training loop serves all four; runs are checkpointed every epoch, resumable, and cached by the config and
