@@ -78,3 +78,20 @@ def test_the_readme_headline_gives_each_comparison_over_its_runs_and_says_when_o
     assert rows["CRoPD (lambda=1) · SLF vs Adv-denoising AE · SLF"].endswith("| CRoPD (lambda=1) · SLF ahead |")
     assert rows["CRoPD (lambda=1) · SLF vs AFT (all blocks)"].endswith("one training run: no verdict about the methods |")
     assert not any("Recon AE" in key for key in rows)  # a comparison whose records are missing is left out
+
+
+def test_the_frontier_decides_on_the_interval_and_gives_the_ratio_a_range():
+    """A budget whose point estimate reaches the target but whose interval straddles it does not count."""
+    from cropkit.runs.report import frontier
+
+    def budget(method, epochs, flops, correct):
+        hard = np.arange(200) / 200
+        return {"kind": "cost", "method": method, "budget_epochs": epochs, "flops": flops, "model": f"{method} {epochs}",
+                **accuracy_fields(hard < correct, "robust"), "n_examples": 200}
+
+    records = [budget("CRoPD", 1, 1.0, 0.05), budget("CRoPD", 2, 2.0, 0.45),
+               budget("AFT", 1, 10.0, 0.22), budget("AFT", 2, 20.0, 0.40)]  # AFT 1: 22% [16.8, 28.2]: straddles 20%
+    rows = {line.split(" | ")[0].strip("| "): line for line in frontier(records, 0.2).splitlines()[4:]}
+    assert "| reaches | 2 epochs" in rows["AFT"] and "| at most 20 |" in rows["AFT"]
+    assert rows["AFT"].endswith("| at most 20.0x |")  # at most 20 FLOPs against at least 1 of CRoPD's
+    assert "| 1 to 2 |" in rows["CRoPD"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -300,35 +301,54 @@ def _robust_finetuning(records: list[Record]) -> str:
     return "\n".join(lines).strip()
 
 
+def _crossing(budgets: Sequence[Record], target: float) -> tuple[str, Record | None, float, float]:
+    """Where a method's budgets (by FLOPs) cross `target`, decided on their intervals: ("reaches", the cheapest budget
+    whose interval lies above it, and the FLOPs range the crossing lies in: above the last budget below the target,
+    up to that one); ("does not", None, ...) when every interval lies below it; else ("not resolved", None, ...)."""
+    below = 0.0
+    for r in sorted(budgets, key=lambda r: r["flops"]):
+        low, high = r["robust_interval"]
+        if low >= target:
+            return "reaches", r, below, r["flops"]
+        if high < target:
+            below = r["flops"]
+    verdict = "does not" if all(r["robust_interval"][1] < target for r in budgets) else "not resolved"
+    return verdict, None, below, math.inf
+
+
+def _ratio(low: float, high: float) -> str:
+    """A FLOP ratio range as text: '3.1x to 6.2x', 'at least 3.1x', 'at most 6.2x'."""
+    if high == math.inf:
+        return f"at least {low:.1f}x" if low > 0 else "not bounded at these budgets"
+    return f"{low:.1f}x to {high:.1f}x" if low > 0 else f"at most {high:.1f}x"
+
+
 def frontier(records: Iterable[Record], target: float) -> str:
-    """For each method of notebook 07's cost records: the cheapest budget whose worst-case accuracy reaches `target`,
-    its FLOPs and their ratio to CRoPD's (a lower bound where a method never reaches it)."""
+    """For each method of notebook 07's cost records, whether it reaches `target` worst-case accuracy, decided on
+    the 95% intervals (reaches / does not / not resolved), the cheapest budget whose interval lies above the target,
+    the FLOPs range the crossing lies in (the budgets' granularity), and that range's ratio to CRoPD's."""
     records = record_list("records", records, where=_is_kind("cost"), counted="cost record",
                           needs=("method", "flops", "robust_accuracy", "robust_interval", "budget_epochs"),
                           fix="pass notebook 07's records (its cost records, CRoPD's among them)")
-    by_method: dict[str, list[Record]] = {}
-    for r in latest(records):
-        if r.get("kind") == "cost":
-            by_method.setdefault(r["method"], []).append(r)
+    by_method = _by((r for r in latest(records) if r.get("kind") == "cost"), lambda r: r["method"])
     require(any(m.startswith("CRoPD") for m in by_method), "records", records, f"cost records of {list(by_method)} "
             "only, none of CRoPD, against whose FLOPs the others are measured", "add CRoPD's cost records")
-    reached = {m: next((r for r in sorted(rs, key=lambda r: r["flops"]) if r["robust_accuracy"] >= target), None)
-               for m, rs in by_method.items()}
+    crossing = {m: _crossing(rs, target) for m, rs in by_method.items()}
     cropd = next(m for m in by_method if m.startswith("CRoPD"))
+    _, _, c_low, c_high = crossing[cropd]
     rows = []
-    for method, r in reached.items():
-        largest = max(by_method[method], key=lambda r: r["flops"])
-        if r is None:
-            rows.append({"method": method, "reaches": f"no (best {max(x['robust_accuracy'] for x in by_method[method]):.1%})",
-                         "budget": f"> {largest['budget_epochs']} epochs", "FLOPs": f"> {largest['flops']:.3g}",
-                         "worst case": "", "FLOPs / CRoPD": (f"> {largest['flops'] / reached[cropd]['flops']:.1f}x"
-                                                            if reached[cropd] else "undefined")})
-        else:
-            rows.append({"method": method, "reaches": "yes", "budget": f"{r['budget_epochs']} epochs",
-                         "FLOPs": f"{r['flops']:.3g}", "worst case": accuracy(r),
-                         "FLOPs / CRoPD": f"{r['flops'] / reached[cropd]['flops']:.1f}x" if reached[cropd] else
-                         "undefined (CRoPD does not reach it)"})
-    return f"Target: {target:.0%} worst-case accuracy.\n\n" + table(rows)
+    for method, (reaches, r, low, high) in crossing.items():
+        best = max(by_method[method], key=lambda r: r["robust_accuracy"])
+        rows.append({"method": method, "reaches the target": reaches,
+                     "first budget above it": f"{r['budget_epochs']} epochs, {accuracy(r)}" if r else
+                     f"none (best {accuracy(best)})",
+                     "FLOPs of the crossing": (f"{low:.3g} to {high:.3g}" if r else f"above {low:.3g}") if low else
+                     (f"at most {high:.3g}" if r else "-"),
+                     "FLOPs / CRoPD": "1x (the reference)" if method == cropd else
+                     _ratio(low / c_high if c_high != math.inf else 0.0, high / c_low if c_low else math.inf)})
+    return (f"Target: {target:.0%} worst-case accuracy, decided on the 95% intervals; the crossing lies between the "
+            "last budget whose interval is below the target and the first whose interval is above it.\n\n"
+            + table(rows))
 
 
 def _cost(records: list[Record]) -> str:
