@@ -57,7 +57,7 @@ def broken_aft(out: Path, seeds: list[int]) -> None:
     """AFT with notebook 06's recipe at radius 0, evaluated and named as notebook 06 evaluates AFT."""
     p = {k: ast.literal_eval(v) for k, v in notebook_parameters(project_root() / "notebooks" /
                                                                 "06_robust_finetuning.ipynb").items()}
-    run = NotebookRun.start("06_robust_finetuning", out, out / "figures", p["seed"])
+    run = NotebookRun.start("06_robust_finetuning", out, tempfile.mkdtemp(), p["seed"])
     train, test = load_dataset(p["dataset"], "train"), load_dataset(p["dataset"], "test")
     start = fit_slf(None, load_foundation(p["foundation"], pooling=p["pooling"]), train, device=run.device)
     attacks = [pgd(p["eps"], 10), AttackSpec("apgd-ce", p["eps"], steps=p["strong_steps"]),
@@ -87,6 +87,8 @@ def main() -> None:
     substitute(args.out / "fresh" / "02_main_results.jsonl", args.out / "broken-cropd" / "02_main_results.jsonl",
                "Recon AE", "CRoPD (lambda=1)")
     broken_aft(args.out / "broken-aft", seeds)
+    for lock in args.out.rglob("*.lock"):  # the append locks: nothing to keep
+        lock.unlink()
     for path in sorted(args.out.rglob("*.jsonl")):
         print(path.relative_to(project_root()), len(path.read_text().splitlines()), "records")
 
