@@ -44,7 +44,7 @@ def measurements(by_notebook: Mapping[str, Sequence[Record]]) -> dict[tuple[str,
     grouped: dict[tuple[str, str], list[Record]] = {}
     for notebook, records in by_notebook.items():
         for record in latest(records):
-            if any(n in record for n in (*_ACCURACIES, "kappa")):
+            if any(n in record for n in _ACCURACIES) or {"kappa", "kappa_interval"} <= record.keys():
                 grouped.setdefault(_key(notebook, record), []).append(record)
     return grouped
 
@@ -80,7 +80,7 @@ def moved(reference: dict[str, list[Record]], produced: dict[str, list[Record]],
         if not found:
             problems.append(f"{label}: no such record in the new run")
             continue
-        if "kappa" in records[0]:
+        if "kappa_interval" in records[0]:
             low, high = records[-1]["kappa_interval"]
             if not low - 1e-9 <= found[-1]["kappa"] <= high + 1e-9:
                 problems.append(f"{label}: kappa {found[-1]['kappa']:.4g} outside the reference's "
