@@ -6,6 +6,8 @@ in the record's setup); two methods are paired run by run, a method without a tr
 pairing with every run on its foundation model. The verdict is `cropkit.eval.stats.compare_runs` over the
 independent runs (`design.independent_runs`); beside it stand the per-run differences with their exact McNemar
 tests, and, where the runs vary both the seed and the foundation model, which of the two moves the difference more.
+Inside `collecting()` every test a summary makes is noted, so that the summary can end with how many it made and
+which resolved ones survive Holm's correction (`multiplicity`).
 """
 
 from __future__ import annotations
