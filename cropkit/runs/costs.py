@@ -15,10 +15,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from cropkit.core.cost import measure, total, vit_forward_flops
+from cropkit.core.cost import total, vit_forward_flops
 from cropkit.cropd import PreprocessorConfig, preprocessor_loss
 from cropkit.finetune.robust import FinetuneConfig, finetune_loss
 from cropkit.runs.budget.facts import HUB_VIT_MAE
+from cropkit.runs.budget.passes import count_flops
 
 SCALE_MODELS = ("facebook/vit-mae-base", "facebook/vit-mae-large", "facebook/vit-mae-huge")
 SCALE_IMAGE_SIZE = 224
@@ -37,10 +38,8 @@ def budget_fields(worst: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
 
 
 def flops_per_example(step: Callable[[], Any], examples: int) -> float:
-    """FLOPs of one call of `step` on a batch of `examples`, per example."""
-    with measure() as cost:
-        step()
-    return cost.flops / examples
+    """FLOPs of one call of `step` on a batch of `examples`, per example (`budget.passes.count_flops`)."""
+    return count_flops(step) / examples
 
 
 def _training_step(loss: Callable[[], tuple[Tensor, Any]]) -> Callable[[], None]:

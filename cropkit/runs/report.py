@@ -192,7 +192,7 @@ def _main_results(records: list[Record]) -> str:
     for protocol in ("SLF", "ALF"):
         here = _by((r for r in worst if r["setup"]["protocol"] == protocol), lambda r: r["setup"]["preprocessor"])
         mine = here[cropd]
-        pgd10 = [r for r in evaluations(records, attack="PGD-10", model=mine[0]["model"])]
+        pgd10 = evaluations(records, attack="PGD-10", model=mine[0]["model"])
         lines += [f"**{protocol} heads**, {_runs_line(mine)}; worst case over "
                   f"{', '.join(mine[0]['attack_settings']['over'])}, eps = {mine[0]['eps']:g}, "
                   f"{mine[0]['n_examples']} test images:", ""]
@@ -202,7 +202,7 @@ def _main_results(records: list[Record]) -> str:
                           what="robust accuracy: what PGD-10 alone overstates"), ""]
         if len(mine) > 1:
             lines += ["Across the training runs (each run's own intervals are in the table above):", "",
-                      table(_runs_rows({name: rs for name, rs in here.items()}, "worst case")), ""]
+                      table(_runs_rows(here, "worst case")), ""]
     return "\n".join(lines).strip()
 
 

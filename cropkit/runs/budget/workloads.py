@@ -232,7 +232,7 @@ def nb02(w: Workload) -> None:
     for seed in p["seeds"]:
         for kind, lam in (("recon", 0.0), ("adv-recon", 0.0), ("cropd", p["lam"])):
             config = _ae_config(p, kind=kind, lam=lam, seed=seed, **common)
-            ae = trained.setdefault((kind, seed), w.preprocessor(config))
+            ae = trained[(kind, seed)] = w.preprocessor(config)
             w.add(f"PSNR ({config.name}, seed {config.seed})", "eval", ae, d.test, 1.0, "bf16", 512, backward=False)
     n = w.n("n_eval", p["dataset"])
     attacks = [pgd(p["eps"], 10), pgd(p["eps"], 20), strong(p)]
