@@ -66,15 +66,39 @@ def test_acl_and_dynacl_weights():
     assert acl_loss(natural, adversarial, dynacl_weight(0.25)) == pytest.approx((0.5 * 2 + 1.5 * 4) / 2)
 
 
-def test_sir_and_air_are_zero_for_identical_augmentations_and_positive_otherwise():
+def test_sir_and_air_true_kl_variant_is_zero_for_identical_augmentations_and_positive_otherwise():
     g = torch.Generator().manual_seed(0)
     z_i, z_j, z_o, adv_i, adv_j = (torch.randn(8, 5, generator=g) for _ in range(5))
-    assert sir(z_i, z_i, z_o) == 0 and air(adv_i, adv_i, z_i, z_i, z_o) == 0
-    assert sir(z_i, z_j, z_o) > 0 and air(adv_i, adv_j, z_i, z_j, z_o) > 0
+    assert sir(z_i, z_i, z_o, form="kl") == 0 and air(adv_i, adv_i, z_i, z_i, z_o, form="kl") == 0
+    assert sir(z_i, z_j, z_o, form="kl") > 0 and air(adv_i, adv_j, z_i, z_j, z_o, form="kl") > 0
     # a true KL: equal to the divergence computed by hand from the two normalised distributions
     p = torch.softmax(torch.cosine_similarity(z_i, z_o) / 0.5, dim=0)
     q = torch.softmax(torch.cosine_similarity(z_j, z_o) / 0.5, dim=0)
-    assert sir(z_i, z_j, z_o) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+    assert sir(z_i, z_j, z_o, form="kl") == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-5)
+
+
+def test_air_as_published_is_the_authors_kl_div_call_and_the_default():
+    """AIR.py's `AIR_Loss.forward`, step by step with its own calls: F.kl_div(p_i, log p_j, log_target=True,
+    reduction="sum") on the diagonal softmaxes, the AIR product left unnormalised. Not a KL: it is not zero for
+    identical augmentations."""
+    g = torch.Generator().manual_seed(0)
+    z_i, z_j, z_o, adv_i, adv_j = (torch.randn(8, 5, generator=g) for _ in range(5))
+    n = [nn.functional.normalize(z, dim=-1) for z in (z_i, z_j, z_o, adv_i, adv_j)]
+    zi, zj, zo, ai, aj = n
+
+    def diagonal_softmax(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return nn.functional.softmax(torch.diagonal(a @ b.T / 0.5), -1)
+
+    sir_authors = nn.functional.kl_div(diagonal_softmax(zi, zo), torch.log(diagonal_softmax(zj, zo)), log_target=True,
+                                       reduction="sum")
+    product_i = diagonal_softmax(ai, zo) * diagonal_softmax(ai, zi)
+    product_j = diagonal_softmax(aj, zo) * diagonal_softmax(aj, zj)
+    air_authors = nn.functional.kl_div(product_i, torch.log(product_j), log_target=True, reduction="sum")
+    assert sir(z_i, z_j, z_o) == pytest.approx(float(sir_authors), rel=1e-5)
+    assert air(adv_i, adv_j, z_i, z_j, z_o) == pytest.approx(float(air_authors), rel=1e-5)
+    assert sir(z_i, z_i, z_o) != 0
+    assert ACLConfig(air=True).air_form == "published"
+    assert ACLConfig(air=True, air_form="kl").name == "ACL-AIR (true KL)"
 
 
 def test_representational_divergence():
@@ -229,15 +253,15 @@ def test_pretrain_resumes_after_an_interruption(tmp_path, monkeypatch, interrupt
 def test_air_total_is_the_official_unhalved_sum(digit_data, digits, method, strength):
     config = ACLConfig(method=method, air=True, epochs=1, attack_steps=1, **TINY)
     model = build_model(config, digit_data).train()
-    loss, parts = training_loss(model, digits[:8], config, strength, torch.Generator().manual_seed(0))
-    assert torch.isfinite(loss) and set(parts) == {"l_nat", "l_adv", "sir", "air"}
     w = dynacl_weight(strength) if method == "dynacl" else 0.0  # AIR.py: (1-w) L_nat + (1+w) L_adv + 0.5 SIR + 0.5 AIR
+    loss, parts = training_loss(model, digits[:8], config, strength, w, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and set(parts) == {"l_nat", "l_adv", "sir", "air"}
     expected = (1 - w) * parts["l_nat"] + (1 + w) * parts["l_adv"] + 0.5 * parts["sir"] + 0.5 * parts["air"]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     two, four, one, three = (torch.tensor(v) for v in (2.0, 4.0, 1.0, 3.0))
     assert air_objective(two, four, 0.5, one, three) == 0.5 * 2 + 1.5 * 4 + 0.5 * 1 + 0.5 * 3
     plain, plain_parts = training_loss(model, digits[:8], ACLConfig(method=method, epochs=1, attack_steps=1, **TINY),
-                                       strength, torch.Generator().manual_seed(0))
+                                       strength, w, torch.Generator().manual_seed(0))
     halved = ((1 - w) * plain_parts["l_nat"] + (1 + w) * plain_parts["l_adv"]) / 2  # DynACL without AIR: halved
     assert plain.item() == pytest.approx(halved, rel=1e-5)
 
@@ -247,7 +271,7 @@ def test_adversarial_views_leave_the_pgd_running_statistics_alone(digit_data, di
     model = build_model(config, digit_data).train()
     norms = [m for m in model.modules() if isinstance(m, DualBatchNorm)]
     before = [m.pgd.running_mean.clone() for m in norms]
-    training_loss(model, digits[:8], config, 1.0, torch.Generator().manual_seed(0))
+    training_loss(model, digits[:8], config, 1.0, 0.0, torch.Generator().manual_seed(0))
     assert model.training
     # the 3 attack steps ran in eval mode; the one training forward of the adversarial views updated `pgd` once
     assert all(m.pgd.num_batches_tracked == 1 and m.normal.num_batches_tracked == 1 for m in norms)
@@ -277,20 +301,67 @@ def test_rcs_selection_uses_the_official_branches_loss_and_validation_attack(dig
     clean_branches, regularisers, validation_attacks = [], [], []
     forward = model.forward
 
-    def spy(x: torch.Tensor, bn: str) -> torch.Tensor:
+    def spy(x: torch.Tensor, bn: str, swap: bool = False) -> torch.Tensor:
         if x.data_ptr() == validation.data_ptr():
             clean_branches.append(bn)
-        return forward(x, bn)
+        return forward(x, bn, swap)
 
     def attack(*args, **kwargs):
         validation_attacks.append((kwargs["steps"], kwargs["step"]))
         return linf_ascent(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", spy)
-    monkeypatch.setattr(acl, "sir", lambda *args: regularisers.append("sir") or sir(*args))
+    monkeypatch.setattr(acl, "sir", lambda *args, **kwargs: regularisers.append("sir") or sir(*args, **kwargs))
     monkeypatch.setattr(rcs, "linf_ascent", attack)
     select_coreset(model, digits, torch.arange(4, 44), validation, 21, config, 1.0, torch.Generator().manual_seed(0))
     assert clean_branches and set(clean_branches) == {"normal"}  # RD's clean side through `normal`, never `pgd`
     assert not regularisers  # a candidate batch's gradient is that of ACL's loss, not AIR's objective
     assert validation_attacks and all(steps == 3 and step == pytest.approx(1.25 * 0.1 / 3)  # 10/255 / 3 at 8/255
                                       for steps, step in validation_attacks)
+
+
+def test_dynacl_trains_with_the_authors_momentum_encoder(digit_data, digits):
+    """train_DynACL.py: the second view of each pair (the attack's too) goes through a key encoder with no gradient,
+    updated as key = 0.99 key + 0.01 query before each step, and the key encoder is the one used downstream. ACL and
+    DynACL-AIR (AIR's code) have none."""
+    assert ACLConfig(method="dynacl").momentum == 0.99
+    assert ACLConfig(method="acl").momentum is None and ACLConfig(method="dynacl", air=True).momentum is None
+    assert ACLConfig(method="dynacl", momentum=None).name == "DynACL (no momentum encoder)"
+    config = ACLConfig(method="dynacl", epochs=1, attack_steps=2, **TINY)
+    model = build_model(config, digit_data).train()
+    assert model.key is not None and not any(p.requires_grad for p in model.key.parameters())
+    assert model.backbone is model.key.backbone  # downstream takes the key encoder
+    through_key = []
+    model.key.register_forward_hook(lambda module, args, out: through_key.append(len(args[0])))
+    loss, _ = training_loss(model, digits[:8], config, 1.0, 0.0, torch.Generator().manual_seed(0))
+    assert through_key == [8, 8, 8, 8]  # two attack steps, the natural and the adversarial views: 8 second views each
+    loss.backward()
+    assert all(p.grad is None for p in model.key.parameters())
+    with torch.no_grad():
+        for p in model.query.parameters():
+            p.add_(1.0)
+    before = [(k.clone(), q.clone()) for k, q in zip(model.key.parameters(), model.query.parameters())]
+    model.update_key()
+    for (k, q), now in zip(before, model.key.parameters()):
+        torch.testing.assert_close(now, 0.99 * k + 0.01 * q)
+
+
+def test_dynacl_weight_steps_one_epoch_before_its_strength():
+    """train_DynACL.py steps the weight at epoch // 50 (epoch 50) and the augmentation at epoch 51; AIR's
+    pretraining.py weights DynACL-AIR by the strength, so both step at 51."""
+    dyn, dyn_air = ACLConfig(method="dynacl", epochs=200), ACLConfig(method="dynacl", air=True, epochs=200)
+    assert acl.adversarial_weight(dyn, 49) == 0 and dynacl_strength(50, 200) == 1.0
+    assert acl.adversarial_weight(dyn, 50) == pytest.approx(2 / 3 * 0.25) and dynacl_strength(51, 200) == 0.75
+    assert acl.adversarial_weight(dyn_air, 50) == 0
+    assert acl.adversarial_weight(dyn_air, 51) == pytest.approx(2 / 3 * 0.25)
+    assert acl.adversarial_weight(ACLConfig(method="acl", epochs=200), 150) == 0
+
+
+def test_projection_head_is_the_authors_proj_head():
+    """`proj_head` of their models/resnet_multi_bn.py: fc1 with a bias, fc2 and fc3 without, each followed by a dual
+    BatchNorm (the last one too), ReLU between."""
+    layers = list(ACLModel(ResNet(1, width=2, blocks_per_stage=1)).head.layers)
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    assert [m.bias is not None for m in linears] == [True, False, False]
+    assert isinstance(layers[-1], DualBatchNorm)
+    assert [type(m).__name__ for m in layers] == ["Linear", "DualBatchNorm", "ReLU"] * 2 + ["Linear", "DualBatchNorm"]

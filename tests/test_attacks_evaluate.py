@@ -35,6 +35,7 @@ def test_spec_labels_settings_and_errors():
     assert spec.label == "PGD-20x3" and spec.step_size == pytest.approx(2.5 * 0.1 / 20)
     assert spec.settings(10) | {"steps": 20} == spec.settings(10) and spec.settings(10)["restarts"] == 3
     assert AttackSpec("autoattack-original", 0.1).label == "AutoAttack"
+    assert AttackSpec("autoattack-port", 0.1).label == "AutoAttack (torchattacks port)"
     assert AttackSpec("apgd-ce", 0.1, steps=5).label == "APGD-CE-5"
     with pytest.raises(ValueError, match="Unknown attack"):
         AttackSpec("cw", 0.1)
@@ -47,7 +48,7 @@ def test_autoattack_always_gets_classes_and_seed(tiny_pipeline):
     assert [type(a).__name__ for a in ours.attacks] == ["APGD", "APGDT", "FAB", "Square"]
     assert [a.seed for a in ours.attacks] == [3] * 4
     assert ours.attacks[1].n_target_classes == 6 and ours.attacks[2].n_target_classes == 6
-    original = AttackSpec("autoattack-original", 0.1).build(tiny_pipeline, n_classes=7, seed=3)
+    original = AttackSpec("autoattack-port", 0.1).build(tiny_pipeline, n_classes=7, seed=3)
     assert [a.steps for a in original.attacks[:3]] == [100, 100, 100] and original.attacks[3].n_queries == 5000
     apgd = AttackSpec("apgd", 0.1, steps=25).build(tiny_pipeline, n_classes=7, seed=3)
     assert [type(a).__name__ for a in apgd.attacks] == ["APGD", "APGDT"] and apgd.attacks[1].n_target_classes == 6
@@ -56,8 +57,10 @@ def test_autoattack_always_gets_classes_and_seed(tiny_pipeline):
 
 
 def test_original_autoattack_targets_at_most_nine_classes_and_records_it(tiny_pipeline):
-    original = AttackSpec("autoattack-original", 8 / 255).build(tiny_pipeline, n_classes=100, seed=0)
-    assert [a.n_target_classes for a in original.attacks[1:3]] == [9, 9]
+    port = AttackSpec("autoattack-port", 8 / 255).build(tiny_pipeline, n_classes=100, seed=0)
+    assert [a.n_target_classes for a in port.attacks[1:3]] == [9, 9]
+    reference = AttackSpec("autoattack-original", 8 / 255).build(tiny_pipeline, n_classes=100, seed=0).autoattack
+    assert reference.apgd_targeted.n_target_classes == reference.fab.n_target_classes == 9
     settings = AttackSpec("autoattack-original", 8 / 255).settings(100)
     assert settings["target_classes"] == 9 and settings["n_classes"] == 100
     assert "APGD-T (100 steps, 9 targets)" in settings["components"]
@@ -72,9 +75,9 @@ def tiny_classifier(n_classes: int) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
-@pytest.mark.parametrize("kind", ["apgd-ce", "apgd", "autoattack", "autoattack-original"])
+@pytest.mark.parametrize("kind", ["apgd-ce", "apgd", "autoattack", "autoattack-port"])
 def test_strong_attacks_run_on_two_and_three_classes(monkeypatch, n_classes, kind):
-    monkeypatch.setattr(attacks, "STEPS", {"autoattack": 3, "autoattack-original": 4})  # budgets for a unit test
+    monkeypatch.setattr(attacks, "STEPS", {"autoattack": 3, "autoattack-port": 4})  # budgets for a unit test
     monkeypatch.setattr(attacks, "SQUARE_QUERIES", 20)
     model, eps = tiny_classifier(n_classes), 0.003  # small: some examples survive APGD and meet FAB-T and Square
     x = torch.rand(8, 3, 8, 8, generator=torch.Generator().manual_seed(0))

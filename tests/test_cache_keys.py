@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from cropkit.acl import pretrain as acl
+from cropkit.core.checkpoint import module_digest, module_key
 from cropkit.cropd import train
 from cropkit.data import load_dataset
+from cropkit.eval.attacks import AttackSpec
+from cropkit.eval.evaluate import evaluate
 from cropkit.finetune import robust as finetune
 from cropkit.finetune.robust import FinetuneConfig
 from cropkit.foundation import pretrain
+from cropkit.foundation.heads import CosineHead, LinearHead
 
 
 def write_npz(path, seed: int) -> None:
@@ -51,3 +57,31 @@ def test_a_new_recipe_version_gets_new_cache_entries(tmp_path, monkeypatch, modu
     before = artifact_dirs(path)[kind]
     monkeypatch.setattr(module, "RECIPE_VERSION", module.RECIPE_VERSION + 1)
     assert artifact_dirs(path)[kind] != before
+
+
+def cosine_model(scale: float, seed: int = 0) -> nn.Module:
+    """A linear classifier on raw pixels read through its cosine logits at `scale`: same weights for every scale."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), CosineHead(LinearHead(28 * 28, 10), scale=scale))
+
+
+def test_module_key_sees_a_setting_that_is_not_a_tensor():
+    """A head's scale is a plain attribute: `module_digest` (tensors only) cannot tell the two heads apart, the
+    cache key must, and must not change for the same settings."""
+    small, large = cosine_model(1.0), cosine_model(100.0)
+    assert module_digest(small) == module_digest(large)
+    assert module_key(small) != module_key(large)
+    assert module_key(small) == module_key(cosine_model(1.0))
+    assert module_key(small) != module_key(cosine_model(1.0, seed=1))
+
+
+def test_attack_outcomes_are_not_shared_by_pipelines_that_differ_in_a_setting(tmp_path, monkeypatch):
+    """Two pipelines with the same weights and different head scales give different logits, so the second
+    evaluation attacks instead of replaying the first one's cached outcomes."""
+    monkeypatch.setenv("CROPKIT_CACHE", str(tmp_path / "cache"))
+    data = load_dataset("digits", "test").take(24, seed=0)
+    attack = [AttackSpec("pgd", 0.1, steps=2)]
+    first = evaluate(cosine_model(1.0), data, attack, model_name="scale 1", device="cpu")
+    replay = evaluate(cosine_model(1.0), data, attack, model_name="scale 1", device="cpu")
+    other = evaluate(cosine_model(100.0), data, attack, model_name="scale 100", device="cpu")
+    assert [r["cached"] for r in (*first, *replay, *other)] == [False, True, False]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cropkit.core.validate import InputError
-from cropkit.cropd.bound import BoundTerms, cross_validate, fit_bound, holdout_slack
+from cropkit.cropd.bound import BoundTerms, fit_bound, holdout_slack, out_of_family_check
 from cropkit.eval import audit
 from cropkit.eval.records import accuracy_fields, accuracy_table, pooled, worst_case
 from cropkit.eval.stats import compare, compare_runs, seed_spread
@@ -60,8 +60,8 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
     ("fit_bound", lambda: fit_bound([terms("a", 0), terms("b", 0)]),
      r"^family = terms on \[0, 0\] examples: measured on no examples; measure bound_terms on"),
     ("holdout_slack", lambda: holdout_slack([], terms("a")), r"^fitted = \[\]: no models; pass the bound_terms"),
-    ("cross_validate", lambda: cross_validate([terms("a"), terms("b"), {"name": "c"}]),
-     r"^family\[2\] = \{'name': 'c'\}: a dict, not a model; pass the bound_terms of at least three"),
+    ("out_of_family_check", lambda: out_of_family_check([terms("a"), terms("b")], [{"name": "c"}]),
+     r"^test\[0\] = \{'name': 'c'\}: a dict, not a model; pass the bound_terms of the models to test kappa on"),
     # pipeline and data are None: the check comes before any of them is touched
     ("audit.run", lambda: audit.run(None, None, 0.1, eps_factors=()),
      r"^eps_factors = \(\): no numbers; pass multiples of eps"),

@@ -9,8 +9,8 @@ from cropkit.core.validate import InputError
 from cropkit.eval.stats import (
     compare,
     compare_runs,
-    holm,
     format_accuracy,
+    holm,
     mcnemar_p_value,
     mcnemar_sample_size,
     paired_difference_interval,

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
 
 from cropkit.cropd.autoencoders import ConvAutoEncoder
-from cropkit.cropd.bound import BoundTerms, bound_terms, cross_validate, fit_bound, holdout_slack, latent_similarity
+from cropkit.cropd.bound import (
+    UNBOUNDED,
+    BoundTerms,
+    bound_terms,
+    exact_interval,
+    fit_bound,
+    holdout_slack,
+    latent_similarity,
+    out_of_family_check,
+)
 from cropkit.cropd.losses import contrastive_terms
 from cropkit.eval.ascent import fgsm_rs, linf_ascent
 from cropkit.eval.protocols import fit_slf
@@ -22,31 +33,76 @@ def terms(name: str, quantity: list[float], ratio: float, clean: float = 0.3, fl
 
 def test_kappa_is_fitted_on_the_floor_free_increase_and_has_zero_slack_where_it_is_set():
     family = [terms("a", [1.0, 2.0, 3.0], 2.0), terms("b", [2.0, 3.0, 4.0], 1.5), terms("c", [3.0, 4.0, 5.0], 1.8)]
-    fit = fit_bound(family, n_bootstrap=200)
+    fit = fit_bound(family, quantity="increase", n_bootstrap=200)
     assert fit.kappa == pytest.approx(2.0) and fit.column == "increase (PGD)"
     assert fit.interval[0] <= 2.0 <= fit.interval[1] + 1e-9
     gaps, increases = torch.tensor([4.0, 4.5, 7.2]), torch.tensor([2.0, 3.0, 4.0])
     assert fit.slope == pytest.approx(float(gaps @ increases / (increases @ increases)))
     assert fit.spearman == pytest.approx(1.0)
     assert (fit.table["slack"] >= -1e-6).all() and fit.table["slack"].min() == pytest.approx(0.0, abs=1e-6)
-    assert fit_bound(family, l_con_attack="fgsm").kappa == pytest.approx(4.0)  # the weaker attack's increase is half
-    # On the raw L_con the floor (2.0) dominates: kappa is far smaller and says little about the gap.
-    assert fit_bound(family, quantity="l_con").kappa == pytest.approx(7.2 / 6.0)
-    assert "kappa" in fit.statement()
+    assert fit_bound(family, quantity="increase", l_con_attack="fgsm").kappa == pytest.approx(4.0)  # half the increase
+    # The theorem's own L_con is the default: with its floor (2.0) kappa is far smaller.
+    theorem = fit_bound(family)
+    assert theorem.kappa == pytest.approx(7.2 / 6.0) and theorem.column == "L_con (PGD)"
+    assert "the theorem's L_con" in theorem.statement() and "the kit's variant" in fit.statement()
 
 
-def test_the_check_reports_a_violation_out_of_sample():
-    consistent = [terms(n, [1.0 + i, 2.0 + i, 1.5 + i] * 20, 1.0) for i, n in enumerate("abcd")]
-    steep = terms("steep", [1.0, 2.0, 1.5] * 20, 3.0)  # its gap grows three times as fast as the others'
-    table = cross_validate([*consistent, steep], n_bootstrap=300)
-    verdicts = table.set_index("held_out")["verdict"]
-    assert verdicts["steep"] == "violated"
-    row = table.set_index("held_out").loc["steep"]
-    assert row["slack_high"] < 0 and row["kappa"] == pytest.approx(1.0)
-    assert (verdicts.drop("steep") != "violated").all()  # held out, the others are bounded by a kappa set by steep
-    flat = terms("flat", [-0.5, 0.0, -0.2] * 20, 0.0, clean=0.3)
+def test_a_test_model_that_does_not_set_the_extreme_ratio_is_caught_out_of_family():
+    """kappa from a fit family (ratios 1 to 1.5), tested on a disjoint family in which "steep" (ratio 3) and
+    "steeper" (ratio 4) both exceed it, and the check flags both.
+
+    The old check (leave each model of one family out, kappa from the others) fails here: on the pooled family,
+    "steep" held out meets kappa = 4 set by "steeper" and holds; only the model with the largest ratio of all can
+    ever be flagged that way (shown below with `holdout_slack`, what the old check ran per model)."""
+    per_example = [1.0, 2.0, 1.5] * 20
+    fit = [terms(n, per_example, r, floor=0.0) for n, r in zip("abcd", (1.0, 1.2, 1.5, 1.1))]
+    steep, steeper = terms("steep", per_example, 3.0, floor=0.0), terms("steeper", per_example, 4.0, floor=0.0)
+    check = out_of_family_check(fit, [steep, steeper], n_bootstrap=300)
+    rows = check.table.set_index("held_out")
+    assert check.kappa == pytest.approx(1.5) and check.m == 4 and check.quantity == "l_con"
+    assert list(rows["verdict"]) == ["violated", "violated"] and (rows["slack_high"] < 0).all()
+    assert check.violated == check.resolved == ["steep", "steeper"] and not check.unbounded
+    assert holdout_slack([*fit, steeper], steep, n_bootstrap=300)["verdict"] == "holds"  # the old check's blind spot
+    statement = check.statement()
+    assert "exceeded by 2 of 2" in statement and "1/5 = 20%" in statement and "the theorem's L_con" in statement
+    variant = out_of_family_check(fit, [steep, steeper], quantity="increase", n_bootstrap=100)
+    assert "the kit's variant: increase over the clean L_con" in variant.statement()
+
+
+def test_the_violation_rate_has_an_exact_interval_read_beside_one_over_m_plus_one():
+    per_example = [1.0, 2.0, 1.5] * 10
+    fit = [terms(f"fit {i}", per_example, 1.0 + i / 10, floor=0.0) for i in range(9)]  # kappa = 1.8, m = 9
+    exchangeable = [terms(f"like {i}", per_example, 1.05 + i / 10, floor=0.0) for i in range(6)]
+    check = out_of_family_check(fit, exchangeable, n_bootstrap=100)
+    assert check.violated == [] and check.exchangeable_rate == pytest.approx(0.1)
+    assert check.violation_interval == pytest.approx((0.0, 1 - 0.025 ** (1 / 6)))  # Clopper-Pearson, 0 of 6
+    assert "consistent with models exchangeable" in check.statement()
+    steeper = [terms(f"steep {i}", per_example, 2.5 + i / 10, floor=0.0) for i in range(5)]
+    check = out_of_family_check(fit, [*steeper, exchangeable[0]], n_bootstrap=100)
+    low, high = check.violation_interval
+    assert len(check.violated) == 5 and 0.1 < low < 5 / 6 < high
+    assert check.resolved_interval == pytest.approx(exact_interval(len(check.resolved), 6))
+    assert "more often than models exchangeable with the fitted ones would" in check.statement()
+    with pytest.raises(ValueError, match=r"test = models \['fit 0'\]: also in the fit family"):
+        out_of_family_check(fit, [fit[0]])
+
+
+def test_a_model_no_finite_kappa_bounds_is_reported_unbounded_not_hidden_in_an_infinite_kappa():
+    per_example = [1.0, 2.0, 1.5] * 10
+    fit = [terms(n, per_example, r) for n, r in zip("abc", (1.0, 1.5, 1.2))]
+    flat = terms("flat", [0.0] * 30, 0.0)  # the attack does not move its L_con ...
     moved = BoundTerms("moved without L_con", flat.clean_ce, flat.clean_ce + 1.0, flat.l_con, flat.l_con_clean)
-    assert holdout_slack(consistent, moved, n_bootstrap=100)["verdict"] == "violated"  # no kappa can bound it
+    fitted = fit_bound([*fit, moved], quantity="increase", n_bootstrap=100)  # ... while its CE rises
+    assert fitted.kappa == pytest.approx(1.5) and fitted.unbounded == ["moved without L_con"]
+    assert f"{UNBOUNDED.capitalize()}: moved without L_con" in fitted.statement()
+    tested = BoundTerms("tested without L_con", flat.clean_ce, flat.clean_ce + 0.5, flat.l_con, flat.l_con_clean)
+    check = out_of_family_check([*fit, moved], [tested, terms("d", per_example, 1.1)], quantity="increase",
+                                n_bootstrap=100)
+    assert check.kappa == pytest.approx(1.5) and check.m == 3
+    assert check.unbounded == ["moved without L_con", "tested without L_con"]
+    assert check.table.set_index("held_out").loc["tested without L_con", "verdict"] == "violated"
+    assert "Unbounded (no finite kappa bounds it): moved without L_con, tested without L_con." in check.statement()
+    assert not out_of_family_check([*fit, moved], [tested]).unbounded_fitted  # the theorem's L_con is never 0 here
 
 
 def test_fit_bound_rejects_too_few_models_or_unpaired_examples():
@@ -54,8 +110,16 @@ def test_fit_bound_rejects_too_few_models_or_unpaired_examples():
         fit_bound([terms("a", [1.0], 1.0)])
     with pytest.raises(ValueError, match="same examples"):
         fit_bound([terms("a", [1.0], 1.0), terms("b", [1.0], 1.0), terms("c", [1.0, 2.0], 1.0)])
-    with pytest.raises(ValueError, match="at least three"):
-        cross_validate([terms("a", [1.0], 1.0), terms("b", [1.0], 1.0)])
+    with pytest.raises(ValueError, match="same examples"):
+        out_of_family_check([terms("a", [1.0], 1.0)], [terms("b", [1.0, 2.0], 1.0)])
+
+
+def test_l_con_attacked_more_weakly_than_the_cross_entropy_is_refused():
+    """The check comes before any work: a stand-in pipeline with an encoder is enough."""
+    pipeline = SimpleNamespace(preprocessor=SimpleNamespace(latent=None))
+    with pytest.raises(ValueError, match=r"^con_steps = 5: fewer PGD steps on L_con than on the cross-entropy "
+                                         r"\(ce_steps = 10\).*pass con_steps >= ce_steps \(e.g. con_steps=10\)"):
+        bound_terms(pipeline, None, 0.1, name="weak", ce_steps=10, con_steps=5)
 
 
 def test_multi_step_ascent_matches_fgsm_rs_at_one_step_and_beats_it_with_more(l_con_of_input):

@@ -7,10 +7,12 @@
   `(1 - w) L_nat + (1 + w) L_adv + lambda1 SIR + lambda2 AIR`, the contrastive part *not* halved, i.e. twice
   `acl_loss` (the paper's lambda1 = lambda2 = 0.5 thus weigh twice as much against it as against `acl_loss`).
 - `sir`, `air`: AIR's regularisers. p(y^R | x) is a softmax *across the batch* of matched-pair cosine
-  similarities over tau; SIR is KL(p(x_i) || p(x_j)) between two augmentations i and j of the batch, AIR the
-  same KL on the product `softmax(sim(z_i_adv, z_o)) * softmax(sim(z_i_adv, z_i))`. Both are true KL divergences
-  between normalised distributions computed from log-probabilities (the public code passes probabilities where
-  log-probabilities belong). Kit choice: the product is renormalised into a distribution before the KL.
+  similarities over tau; SIR compares p(x_i) and p(x_j) between two augmentations i and j of the batch, AIR the
+  product `softmax(sim(z_i_adv, z_o)) * softmax(sim(z_i_adv, z_i))`. Two forms (`AIR_FORMS`):
+  "published" (the default) is what AIR.py computes, `F.kl_div(p_i, log p_j, log_target=True, reduction="sum")`
+  = sum p_j (log p_j - p_i): probabilities where log-probabilities belong, mostly p_j's negative entropy rather
+  than a divergence, and the product left unnormalised; "kl" is the paper's formula, the true KL(p_i || p_j) of
+  normalised distributions (the product renormalised: a kit choice).
 - `representational_divergence`: RCS's RD, KL(normalise(h_adv) || normalise(h)) row by row, with row-wise
   min-max normalisation (CIFAR in the paper) or softmax (ImageNet). Kit choice: each min-max row is rescaled to
   sum to 1 and the KL is summed per row, then averaged over rows (a true KL); the official `kl_loss` (RCS.py)
@@ -19,11 +21,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+AIRForm = Literal["published", "kl"]
+AIR_FORMS: tuple[str, ...] = get_args(AIRForm)
 
 
 def nt_xent(z1: Tensor, z2: Tensor, tau: float = 0.5) -> Tensor:
@@ -63,18 +68,30 @@ def kl_divergence(log_p: Tensor, log_q: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
 
 
-def sir(z_i: Tensor, z_j: Tensor, z_o: Tensor, tau: float = 0.5) -> Tensor:
-    """Standard invariant regularisation: KL(p(y^R | x_i) || p(y^R | x_j)), p against the un-augmented `z_o`."""
-    return kl_divergence(_log_pair_distribution(z_i, z_o, tau), _log_pair_distribution(z_j, z_o, tau))
+def _divergence(log_p: Tensor, log_q: Tensor, form: AIRForm) -> Tensor:
+    """AIR's comparison of p (view i) and q (view j), given as log-probabilities: KL(p || q) for "kl"; for
+    "published", AIR.py's `F.kl_div(p, log q, log_target=True, reduction="sum")` = sum q (log q - p)."""
+    if form == "kl":
+        return kl_divergence(log_p, log_q)
+    if form != "published":
+        raise ValueError(f"Unknown AIR form {form!r}; choose one of {AIR_FORMS}")
+    return (log_q.exp() * (log_q - log_p.exp())).sum(dim=-1)
 
 
-def air(adv_i: Tensor, adv_j: Tensor, z_i: Tensor, z_j: Tensor, z_o: Tensor, tau: float = 0.5) -> Tensor:
-    """Adversarial invariant regularisation: KL between augmentations i and j of the (renormalised) product
-    p(y^R | x_adv, z_o) * p(y^R | x_adv, x_nat)."""
+def sir(z_i: Tensor, z_j: Tensor, z_o: Tensor, tau: float = 0.5, form: AIRForm = "published") -> Tensor:
+    """Standard invariant regularisation between p(y^R | x_i) and p(y^R | x_j), p against the un-augmented `z_o`."""
+    return _divergence(_log_pair_distribution(z_i, z_o, tau), _log_pair_distribution(z_j, z_o, tau), form)
+
+
+def air(adv_i: Tensor, adv_j: Tensor, z_i: Tensor, z_j: Tensor, z_o: Tensor, tau: float = 0.5,
+        form: AIRForm = "published") -> Tensor:
+    """Adversarial invariant regularisation between augmentations i and j of the product
+    p(y^R | x_adv, z_o) * p(y^R | x_adv, x_nat) (renormalised for the true KL, as published otherwise)."""
     def log_q(adv: Tensor, natural: Tensor) -> Tensor:
-        return F.log_softmax(_log_pair_distribution(adv, z_o, tau) + _log_pair_distribution(adv, natural, tau), dim=0)
+        product = _log_pair_distribution(adv, z_o, tau) + _log_pair_distribution(adv, natural, tau)
+        return F.log_softmax(product, dim=0) if form == "kl" else product
 
-    return kl_divergence(log_q(adv_i, z_i), log_q(adv_j, z_j))
+    return _divergence(log_q(adv_i, z_i), log_q(adv_j, z_j), form)
 
 
 def _log_normalise(h: Tensor, mode: Literal["minmax", "softmax"]) -> Tensor:

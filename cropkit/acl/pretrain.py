@@ -6,7 +6,16 @@ the pair (through the `pgd` BatchNorm branch, the model in eval mode as in the o
 attack moves no running statistic), and minimises, in train mode, `acl_loss` of the natural (`normal` branch)
 and adversarial NT-Xent, with DynACL's annealed s and weight w. `air=True` minimises AIR's objective as its code
 does (`AIR.py`, `AIR_Loss.forward`): `(1-w) L_nat + (1+w) L_adv + 0.5 SIR + 0.5 AIR`, the contrastive part not
-halved (`contrastive.air_objective`). With `rcs`, the first `warmup` epochs use all data, then every `interval`
+halved (`losses.air_objective`), its regularisers as published by default (`air_form`, `cropkit.acl.losses`).
+
+Each method as its authors' code trains it (`momentum` and `adversarial_weight`):
+- DynACL (`train_DynACL.py`) trains with a momentum encoder: the second view of every pair, in the attack too, goes
+  through a key encoder that gets no gradient and follows the trained one with m = 0.99 after every step; the key
+  encoder is the one released and used downstream. Its loss weight steps at epoch // 50 (epochs 50, 100, ...), one
+  epoch before the augmentation strength changes (51, 101, ...).
+- DynACL-AIR (AIR's `pretraining.py`) has no momentum encoder and weights w = (2/3)(1 - s), stepping with s.
+- ACL and ACL-AIR: w = 0, no momentum encoder.
+With `rcs`, the first `warmup` epochs use all data, then every `interval`
 epochs a coreset of `fraction` of the training set is selected (`cropkit.acl.rcs`) and trained on until the next
 selection.
 
@@ -40,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from cropkit.acl.augment import augment, dynacl_strength
-from cropkit.acl.losses import acl_loss, air, air_objective, dynacl_weight, nt_xent, sir
+from cropkit.acl.losses import AIR_FORMS, AIRForm, acl_loss, air, air_objective, dynacl_weight, nt_xent, sir
 from cropkit.acl.rcs import greedy_batch_selection, rd_validation_loss
 from cropkit.acl.resnet import ACLModel, Branch, ResNet, RobustEncoder
 from cropkit.core import precision
@@ -56,6 +65,7 @@ from cropkit.core.validate import (
     fraction,
     integer,
     non_negative,
+    number,
     optional,
     positive,
     radius,
@@ -68,7 +78,17 @@ from cropkit.eval.ascent import linf_ascent
 Method = Literal["acl", "dynacl"]
 METHODS = ("acl", "dynacl")
 # Bump when a code change alters what training produces for the same config (it keys the cache).
-RECIPE_VERSION = 2  # 2: attack in eval mode, AIR's total unhalved, RCS's selection as in RCS.py
+# 2: attack in eval mode, AIR's total unhalved, RCS's selection as in RCS.py; 3: the authors' projection head,
+# DynACL's momentum encoder and weight schedule
+RECIPE_VERSION = 3
+AUTHORS = "authors"  # `ACLConfig.momentum`: what the method's own code does (module docstring)
+DYNACL_MOMENTUM = 0.99  # train_DynACL.py's resnet18_momentum(m=0.99)
+
+
+def authors_momentum(method: Method, air: bool) -> float | None:
+    """The key encoder's momentum in the method's own code: 0.99 for DynACL (train_DynACL.py), none for ACL and for
+    the AIR variants (AIR's pretraining.py has none)."""
+    return DYNACL_MOMENTUM if method == "dynacl" and not air else None
 
 
 @dataclass(frozen=True)
@@ -112,6 +132,8 @@ class ACLConfig:
     anneal_interval: int = 50  # DynACL's strength schedule steps every this many epochs
     sir_weight: float = 0.5
     air_weight: float = 0.5
+    air_form: AIRForm = "published"  # AIR's regularisers as AIR.py computes them, or "kl" (cropkit.acl.losses)
+    momentum: float | str | None = AUTHORS  # the key encoder's m; None: none; "authors": 0.99 for DynACL only
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -120,7 +142,11 @@ class ACLConfig:
                      epochs=integer(1, why=UNTRAINED), warmup_epochs=integer(0), batch_size=integer(2), lr=positive,
                      weight_decay=non_negative, eps=radius, attack_steps=integer(1), attack_step=optional(positive),
                      tau=positive, anneal_interval=integer(1), sir_weight=non_negative, air_weight=non_negative,
-                     seed=integer(0))
+                     air_form=choice(AIR_FORMS, "AIR form"), seed=integer(0))
+        if self.momentum == AUTHORS:  # resolved here, so the cache key holds the value that trains
+            object.__setattr__(self, "momentum", authors_momentum(self.method, self.air))
+        optional(number(at_least=0, below=1, why="the key encoder's moving-average momentum"))(
+            "ACLConfig.momentum", self.momentum)
         require(self.rcs is None or isinstance(self.rcs, RCSConfig), "ACLConfig.rcs", self.rcs,
                 "not an RCSConfig", "pass RCSConfig(...) or None")
         if self.rcs is not None:
@@ -134,9 +160,14 @@ class ACLConfig:
 
     @property
     def name(self) -> str:
-        """'ACL', 'DynACL-AIR', 'ACL-RCS (k=0.1)' (the leaderboard's naming)."""
+        """'ACL', 'DynACL-AIR', 'ACL-RCS (k=0.1)' (the leaderboard's naming); a setting other than the authors'
+        is named, e.g. 'DynACL-AIR (true KL)', 'DynACL (no momentum encoder)'."""
         name = {"acl": "ACL", "dynacl": "DynACL"}[self.method] + ("-AIR" if self.air else "")
-        return name + (f"-RCS (k={self.rcs.fraction:g})" if self.rcs is not None else "")
+        name += f"-RCS (k={self.rcs.fraction:g})" if self.rcs is not None else ""
+        changes = ["true KL"] if self.air and self.air_form == "kl" else []
+        if self.momentum != authors_momentum(self.method, self.air):
+            changes.append("no momentum encoder" if self.momentum is None else f"momentum encoder m={self.momentum:g}")
+        return name + (f" ({', '.join(changes)})" if changes else "")
 
     def fields(self) -> dict[str, Any]:
         """Every field as plain JSON-able values (the RCS settings as a dict or None)."""
@@ -180,7 +211,7 @@ def build_model(config: ACLConfig, train: ImageData) -> ACLModel:
     torch.manual_seed(config.seed)
     backbone = ResNet(train.image_shape[0], config.width, config.blocks_per_stage,
                       mean=images.mean(dim=(0, 2, 3)).tolist(), std=images.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
-    return ACLModel(backbone)
+    return ACLModel(backbone, config.momentum)
 
 
 @torch.no_grad()
@@ -213,33 +244,47 @@ def untrained_encoder(**settings: Any) -> RobustEncoder:
 def projections(model: ACLModel, x: Tensor, config: ACLConfig, strength: float,
                 generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(z_i, z_j, adv_i, adv_j): the projections of two augmentations of `x` (`normal` branch) and of their PGD views
-    (`pgd` branch). The PGD runs with the model in eval mode, as the official `PGD_contrastive` does (ACL's
-    train_simCLR.py, DynACL's train_DynACL.py, AIR's pretraining.py), so it moves no running statistic; the
-    four projections are computed in the mode the model came in."""
+    (`pgd` branch), the second view of each pair through the key encoder where there is one (`ACLModel`). The PGD
+    runs with the model in eval mode, as the official `PGD_contrastive` does (ACL's train_simCLR.py, DynACL's
+    train_DynACL.py, AIR's pretraining.py), so it moves no running statistic; the four projections are computed in
+    the mode the model came in."""
     views = torch.cat([augment(x, strength, generator), augment(x, strength, generator)])
     training = model.training
     model.eval()
     try:
-        adversarial = linf_ascent(lambda v: nt_xent(*model(v, bn="pgd").chunk(2), tau=config.tau), views, config.eps,
+        adversarial = linf_ascent(lambda v: nt_xent(*model(v, bn="pgd", swap=True).chunk(2), tau=config.tau), views,
+                                  config.eps,
                                   steps=config.attack_steps, step=config.step_size, generator=generator)
     finally:
         model.train(training)
-    z_i, z_j = model(views, bn="normal").chunk(2)
-    adv_i, adv_j = model(adversarial, bn="pgd").chunk(2)
+    z_i, z_j = model(views, bn="normal", swap=True).chunk(2)
+    adv_i, adv_j = model(adversarial, bn="pgd", swap=True).chunk(2)
     return z_i, z_j, adv_i, adv_j
 
 
-def training_loss(model: ACLModel, x: Tensor, config: ACLConfig, strength: float,
+def adversarial_weight(config: ACLConfig, epoch: int) -> float:
+    """w in `acl_loss` at 1-based `epoch`, as each method's code sets it (module docstring): 0 for ACL; DynACL's
+    `(2/3) * (epoch // interval) * interval / epochs`; DynACL-AIR's `(2/3)(1 - s)` at that epoch's strength s."""
+    if config.method != "dynacl":
+        return 0.0
+    if config.air:
+        return dynacl_weight(dynacl_strength(epoch, config.epochs, config.anneal_interval))
+    stepped = (epoch // config.anneal_interval) * config.anneal_interval / config.epochs  # 1 - s, one epoch early
+    return dynacl_weight(1 - stepped)
+
+
+def training_loss(model: ACLModel, x: Tensor, config: ACLConfig, strength: float, weight: float,
                   generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-    """The loss of `config` on the batch `x` at augmentation strength s, and its parts for the history."""
+    """The loss of `config` on the batch `x` at augmentation strength s and adversarial weight w, and its parts for
+    the history."""
     z_i, z_j, adv_i, adv_j = projections(model, x, config, strength, generator)
     natural, robust = nt_xent(z_i, z_j, config.tau), nt_xent(adv_i, adv_j, config.tau)
-    weight = dynacl_weight(strength) if config.method == "dynacl" else 0.0
     parts = {"l_nat": natural.item(), "l_adv": robust.item()}
     if not config.air:
         return acl_loss(natural, robust, weight), parts
     z_o = model(x, bn="normal")  # the un-augmented image
-    standard, adversarial_reg = sir(z_i, z_j, z_o, config.tau), air(adv_i, adv_j, z_i, z_j, z_o, config.tau)
+    standard = sir(z_i, z_j, z_o, config.tau, form=config.air_form)
+    adversarial_reg = air(adv_i, adv_j, z_i, z_j, z_o, config.tau, form=config.air_form)
     loss = air_objective(natural, robust, weight, standard, adversarial_reg, config.sir_weight, config.air_weight)
     return loss, parts | {"sir": standard.item(), "air": adversarial_reg.item()}
 
@@ -300,6 +345,7 @@ def pretrain_acl(method: Method = "acl", *, air: bool = False, rcs: RCSConfig | 
         nonlocal training_set
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         strength = dynacl_strength(epoch + 1, config.epochs, config.anneal_interval) if config.method == "dynacl" else 1.0
+        weight = adversarial_weight(config, epoch + 1)
         selection_seconds = 0.0
         with measure(model, device=device) as cost:  # the selection's FLOPs are part of RCS's cost
             if config.rcs is not None and epoch >= config.rcs.warmup:
@@ -318,12 +364,15 @@ def pretrain_acl(method: Method = "acl", *, air: bool = False, rcs: RCSConfig | 
             for batch in shuffled_batches(len(training_set), config.batch_size, generator):
                 if len(batch) < 2:  # NT-Xent needs a negative
                     continue
-                loss, parts = training_loss(model, images[training_set[batch].to(device)], config, strength, generator)
+                loss, parts = training_loss(model, images[training_set[batch].to(device)], config, strength, weight,
+                                            generator)
+                model.update_key()  # before the step, as train_DynACL.py: the key follows the query it was run with
                 descend(loss, optimizer, name=config.name, epoch=epoch)
                 means.add({"loss": loss.item(), **parts}, len(batch))
         scheduler.step()
         cost.examples = means.count
-        return {**means.means(), "strength": strength, **cost.fields(), "selection_seconds": selection_seconds}
+        return {**means.means(), "strength": strength, "weight": weight, **cost.fields(),
+                "selection_seconds": selection_seconds}
 
     history = resumable_training(partial, model=model, optimizer=optimizer, scheduler=scheduler,
                                  config=config.fields(), epochs=config.epochs, run_epoch=run_epoch,

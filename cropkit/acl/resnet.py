@@ -10,6 +10,7 @@ ResNet-18 (3x3 stem, no max-pool); smaller values give the tiny backbones that t
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -101,20 +102,21 @@ class ResNet(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Linear-BN-ReLU, Linear-BN-ReLU, Linear: the 3-layer head the contrastive losses see (dual BN too)."""
+    """Linear-BN-ReLU, Linear-BN-ReLU, Linear-BN with a bias on the first layer only: `proj_head` of the ACL family's
+    `models/resnet_multi_bn.py`, the 3-layer head the contrastive losses see (dual BN too)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Linear(dim, dim, bias=False), DualBatchNorm(nn.BatchNorm1d, dim), nn.ReLU(),
+        self.layers = nn.Sequential(nn.Linear(dim, dim), DualBatchNorm(nn.BatchNorm1d, dim), nn.ReLU(),
                                     nn.Linear(dim, dim, bias=False), DualBatchNorm(nn.BatchNorm1d, dim), nn.ReLU(),
-                                    nn.Linear(dim, dim))
+                                    nn.Linear(dim, dim, bias=False), DualBatchNorm(nn.BatchNorm1d, dim))
 
     def forward(self, h: Tensor, bn: Branch) -> Tensor:
         with bn_branch(self, bn):
             return self.layers(h)
 
 
-class ACLModel(nn.Module):
+class Encoder(nn.Module):
     """Backbone plus projection head: [0, 1] images to the projections that the contrastive losses compare."""
 
     def __init__(self, backbone: ResNet) -> None:
@@ -124,6 +126,47 @@ class ACLModel(nn.Module):
 
     def forward(self, x: Tensor, bn: Branch) -> Tensor:
         return self.head(self.backbone(x, bn), bn)
+
+
+class ACLModel(nn.Module):
+    """The trained encoder (`query`) and, with `momentum`, DynACL's key encoder: a copy that gets no gradient and
+    follows the query's weights as an exponential moving average (`resnet18_momentum` of train_DynACL.py).
+
+    `model(views, bn, swap=True)` sends the first half of a batch of two views through the query and the second
+    half through the key, as their `swap=True` does for every view pair (the attack's too); without a key encoder,
+    or with `swap=False`, the whole batch goes through the query. `backbone` is the encoder used downstream: the
+    key's when there is one (their released `model_encoder_k.pt`), else the query's.
+    """
+
+    def __init__(self, backbone: ResNet, momentum: float | None = None) -> None:
+        super().__init__()
+        self.query = Encoder(backbone)
+        self.momentum = momentum
+        self.key = None if momentum is None else copy.deepcopy(self.query).requires_grad_(False)
+
+    @property
+    def backbone(self) -> ResNet:
+        return (self.query if self.key is None else self.key).backbone
+
+    @property
+    def head(self) -> ProjectionHead:
+        """The trained projection head (the query's): what RCS takes its gradients on."""
+        return self.query.head
+
+    def forward(self, x: Tensor, bn: Branch, swap: bool = False) -> Tensor:
+        if self.key is None or not swap:
+            return self.query(x, bn)
+        first, second = x.chunk(2)
+        return torch.cat([self.query(first, bn), self.key(second, bn)])
+
+    @torch.no_grad()
+    def update_key(self) -> None:
+        """key = m * key + (1 - m) * query, parameters only (`_momentum_update_encoder_k`; each encoder keeps its
+        own BatchNorm statistics). A no-op without a key encoder."""
+        if self.key is None:
+            return
+        for key, query in zip(self.key.parameters(), self.query.parameters()):
+            key.mul_(self.momentum).add_(query, alpha=1 - self.momentum)
 
 
 class RobustEncoder(nn.Module):

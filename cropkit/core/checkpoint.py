@@ -212,6 +212,31 @@ def module_digest(module: nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
+def _settings(module: nn.Module) -> dict[str, Any]:
+    """The plain attributes of one module that can change its output (a head's scale, a norm's eps, a ViT's config):
+    everything in its `__dict__` but tensors, submodules, hooks and the train/eval flag."""
+    found: dict[str, Any] = {}
+    for name, value in vars(module).items():
+        if name.startswith("_") or name == "training":
+            continue
+        if isinstance(value, (bool, int, float, str, tuple, type(None))):
+            found[name] = value
+        elif callable(getattr(value, "to_dict", None)):  # a Hugging Face config: its public fields
+            found[name] = {k: v for k, v in value.to_dict().items() if not k.startswith("_")
+                           and k != "transformers_version"}
+    return found
+
+
+def module_key(module: nn.Module) -> str:
+    """Short hash of what decides a module's output: its weights (`module_digest`) and, for every submodule, its
+    class and plain settings (`_settings`). Cached measurements are keyed by it: two pipelines with the same
+    weights and different head scales give different logits, so they must not share cached attack outcomes."""
+    structure = [(name, f"{type(m).__module__}.{type(m).__qualname__}", _settings(m))
+                 for name, m in module.named_modules()]
+    described = json.dumps({"weights": module_digest(module), "structure": structure}, sort_keys=True, default=str)
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
+
+
 def cache_key(fields: dict[str, Any], *, recipe: int, data: str) -> str:
     """The cache key of a trained artifact: its config, the version of the code's recipe that trains it (bumped
     when a change alters what the same config produces) and the digest of its training data's content (a

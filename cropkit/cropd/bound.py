@@ -3,23 +3,31 @@
 Theorem 1 bounds the adversarial loss by the clean loss plus kappa times the encoder's adversarial contrastive
 loss; kappa has no public closed form, so the kit estimates it, and two traps shape how:
 1. The smallest kappa that makes the bound hold on a family holds on that family by construction. So kappa is
-   fitted on some models and tested on others: `cross_validate` holds each model out in turn, fits kappa on the
-   rest and reports the held-out model's slack with a bootstrap interval — a negative slack is a violation.
+   fitted on one family fixed in advance and tested on a disjoint one (`out_of_family_check`): each test model's
+   slack with a bootstrap interval (a negative slack is a violation), and the test family's violation rate with
+   an exact interval beside 1/(m+1), the probability that a model exchangeable with the m fitted ones exceeds the
+   largest of their m ratios. (Holding each model of one family out in turn cannot fail that way: the held-out
+   model meets the largest of the others' ratios, so only the model with the largest ratio of all can be flagged.)
 2. InfoNCE has a floor far above zero that depends on the batch size and the class separation (about 2.8 for a
-   perfectly invariant encoder at batch 128 with ten classes), so a line through the origin mostly measures the
-   floor. The kit fits the floor-free **increase** of L_con under attack over its clean value (0 for an encoder
-   the attack cannot move), every L_con measured at one batch size (`cropkit.cropd.losses.L_CON_BATCH`); the raw L_con
-   stays available (`quantity="l_con"`) for comparison.
+   perfectly invariant encoder at batch 128 with ten classes), every L_con is therefore measured at one batch size
+   (`cropkit.cropd.losses.L_CON_BATCH`). The tested statement is the theorem's, with L_con itself
+   (`quantity="l_con"`, the default); the kit's variant, the floor-free **increase** of L_con under attack over its
+   clean value (`quantity="increase"`, 0 for an encoder the attack cannot move), is reported beside it.
+
+A model whose gap is positive while its quantity is not is bounded by no finite kappa: it is left out of the fit
+and reported as `UNBOUNDED`, never hidden in an infinite kappa.
 
 `bound_terms` measures, per held-out example: the cross-entropy under a strong PGD on the cross-entropy (the worst
 of several restarts, never below the clean loss: the clean image is in the ball), the clean cross-entropy, and
-L_con under FGSM-RS (the training attack) and PGD, with the clean L_con. `fit_bound` gives kappa for a family
-(the smallest with mean gap <= kappa x mean quantity for every model), a paired bootstrap interval over examples,
-the least-squares slope through the origin and the rank correlation of gap and quantity.
+L_con under FGSM-RS (the training attack) and under PGD with at least the CE attack's steps and the same restarts
+(each anchor's worst: the right side's supremum is sought as hard as the left's), with the clean L_con.
+`fit_bound` gives kappa for a family (the smallest with mean gap <= kappa x mean quantity for every bounded
+model), a paired bootstrap interval over examples, the least-squares slope through the origin and the rank
+correlation of gap and quantity.
 
-Measured terms are cached like attack outcomes (`terms_dir()`), keyed by the pipeline's weights, the examples'
-content, every setting that decides them and `THEORY_RECIPE_VERSION`: notebooks 01 and 11 re-measure the same
-cached models on the same images run after run. `cache=False` always measures.
+Measured terms are cached like attack outcomes (`terms_dir()`), keyed by the pipeline's `module_key` (weights,
+classes, settings), the examples' content, every setting that decides them and `THEORY_RECIPE_VERSION`: notebooks
+01 and 11 re-measure the same cached models on the same images run after run. `cache=False` always measures.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from safetensors.torch import save as save_tensors
 from scipy import stats
 from torch import Tensor, nn
 
-from cropkit.core.checkpoint import atomic_write_bytes, measurement_path, module_digest, reading
+from cropkit.core.checkpoint import atomic_write_bytes, measurement_path, module_key, reading
 from cropkit.core.paths import cache_dir
 from cropkit.core.precision import describe
 from cropkit.core.validate import Summary, items, require
@@ -52,7 +60,11 @@ Quantity = Literal["increase", "l_con"]
 
 # Bump when a change to how the terms are measured alters them for the same model, examples and settings (it keys
 # the cache of measured terms).
-THEORY_RECIPE_VERSION = 1
+THEORY_RECIPE_VERSION = 2
+UNBOUNDED = "unbounded (no finite kappa bounds it)"
+# How each right-side quantity is named wherever a result is stated (statements, notebook 01's summary).
+QUANTITY_NAMES: dict[str, str] = {"l_con": "the theorem's L_con",
+                                  "increase": "the kit's variant: increase over the clean L_con"}
 
 
 @dataclass(frozen=True)
@@ -90,24 +102,29 @@ def _per_example_ce(pipeline: Pipeline, x: Tensor, y: Tensor) -> Tensor:
 
 def bound_terms(
     pipeline: Pipeline, data: ImageData, eps: float, *, name: str, tau: float = 0.5, label_negatives: bool = True,
-    ce_steps: int = 20, restarts: int = 3, con_steps: int = 10, batch_size: int = 128, seed: int = 0,
+    ce_steps: int = 20, restarts: int = 3, con_steps: int = 20, batch_size: int = 128, seed: int = 0,
     cache: bool = True,
 ) -> BoundTerms:
     """Measure the bound's terms for `pipeline` on `data` (held-out images, at least `L_CON_BATCH`) at radius `eps`.
 
     L_con is measured by `contrastive_terms` in fixed batches of `L_CON_BATCH` (the same batches for every model
     with the same `seed`); `label_negatives` matches the pre-processor's training (other-class negatives) or its
-    label-free option. `batch_size` only batches the cross-entropy attack. Cached unless `cache=False` (module
-    docstring).
+    label-free option. `batch_size` only batches the cross-entropy attack. L_con's PGD gets the CE attack's
+    `restarts` (each anchor's worst) and at least its steps: `con_steps < ce_steps` is refused. Cached unless
+    `cache=False` (module docstring).
     """
     if not hasattr(pipeline.preprocessor, "latent"):
         raise ValueError(f"{name}: the bound needs a pre-processor with an encoder (`latent`); Identity has none")
+    require(con_steps >= ce_steps, "con_steps", con_steps, f"fewer PGD steps on L_con than on the cross-entropy "
+            f"(ce_steps = {ce_steps}): the right side would be attacked more weakly than the left, its supremum "
+            "underestimated, which inflates kappa and can make violations", f"pass con_steps >= ce_steps (e.g. "
+            f"con_steps={ce_steps}), or fewer ce_steps")
     device = next(pipeline.parameters()).device
     pipeline.eval()
     settings = {"eps": eps, "tau": tau, "label_negatives": label_negatives, "ce_steps": ce_steps,
                 "restarts": restarts, "con_steps": con_steps, "batch_size": batch_size, "seed": seed,
                 "precision": describe(device)}
-    path = terms_path(module_digest(pipeline), data, settings) if cache else None
+    path = terms_path(module_key(pipeline), data, settings) if cache else None
     if path is not None and path.is_file():
         with reading(path, f"delete it (the terms are measured again): rm {path}"):
             saved = load_tensors(path.read_bytes())
@@ -129,9 +146,9 @@ def bound_terms(
     encoder = pipeline.preprocessor.latent
     negatives = labels.to(device) if label_negatives else None
     l_con, l_con_clean = {}, None
-    for kind, steps in (("fgsm", 1), ("pgd", con_steps)):
+    for kind, steps, tries in (("fgsm", 1, 1), ("pgd", con_steps, restarts)):  # FGSM-RS: the training attack as is
         l_con[kind], l_con_clean = contrastive_terms(encoder, images.to(device), negatives, eps, tau=tau, steps=steps,
-                                                     seed=seed)
+                                                     seed=seed, restarts=tries)
     terms = BoundTerms(name, clean_ce, adversarial_ce, {kind: t.cpu() for kind, t in l_con.items()}, l_con_clean.cpu())
     if path is not None:
         atomic_write_bytes(path, save_tensors({
@@ -145,9 +162,9 @@ def terms_dir() -> Path:
     return cache_dir() / "bound-terms"
 
 
-def terms_path(model_digest: str, data: ImageData, settings: dict[str, Any]) -> Path:
-    """Where the bound terms of the model with weights `model_digest` on `data` under `settings` are cached."""
-    return measurement_path(terms_dir(), data, {"model": model_digest, **settings}, recipe=THEORY_RECIPE_VERSION,
+def terms_path(model_key: str, data: ImageData, settings: dict[str, Any]) -> Path:
+    """Where the bound terms of the model `model_key` (`module_key`) on `data` under `settings` are cached."""
+    return measurement_path(terms_dir(), data, {"model": model_key, **settings}, recipe=THEORY_RECIPE_VERSION,
                             suffix=".safetensors")
 
 
@@ -173,11 +190,14 @@ def latent_similarity(preprocessor: nn.Module, images: Tensor, batch_size: int =
     return sums / pairs
 
 
+def _unbounded(gaps: np.ndarray, quantities: np.ndarray) -> np.ndarray:
+    """Which models have a positive gap and a quantity <= 0: no finite kappa bounds them."""
+    return (quantities <= 0) & (gaps > 0)
+
+
 def _kappa(gaps: np.ndarray, quantities: np.ndarray) -> float:
-    """The smallest kappa >= 0 with gap_m <= kappa * quantity_m for every model m (inf when a model with a
-    positive gap has a quantity <= 0: no kappa bounds it)."""
-    if ((quantities <= 0) & (gaps > 0)).any():
-        return float("inf")
+    """The smallest kappa >= 0 with gap_m <= kappa * quantity_m for every model m with a positive quantity (the
+    `_unbounded` ones are reported, not fitted: they would make kappa infinite)."""
     positive = quantities > 0
     return float(max(0.0, np.max(gaps[positive] / quantities[positive]))) if positive.any() else 0.0
 
@@ -211,24 +231,32 @@ class BoundFit:
 
     @property
     def column(self) -> str:
-        """The table's column of the right side's quantity, e.g. 'increase (PGD)'."""
+        """The table's column of the right side's quantity, e.g. 'L_con (PGD)'."""
         return f"{'increase' if self.quantity == 'increase' else 'L_con'} ({self.l_con_attack.upper()})"
+
+    @property
+    def unbounded(self) -> list[str]:
+        """The models no finite kappa bounds (left out of kappa)."""
+        return self.table.loc[self.table["unbounded"], "model"].tolist()
 
     def statement(self) -> str:
         low, high = self.interval
-        what = "the increase of L_con over its clean value" if self.quantity == "increase" else "L_con"
-        return (f"fitted on {len(self.table)} models, with {what} under {self.l_con_attack.upper()}: kappa = "
+        what = QUANTITY_NAMES[self.quantity]
+        fitted = len(self.table) - len(self.unbounded)
+        return (f"fitted on {fitted} models, with {what} under {self.l_con_attack.upper()}: kappa = "
                 f"{self.kappa:.3f} ({self.level:.0%} bootstrap interval {low:.3f}-{high:.3f}); least-squares slope "
                 f"through the origin {self.slope:.3f}; Spearman rank correlation of gap and {what} "
-                f"{self.spearman:+.2f} (p = {self.spearman_p:.2g}).")
+                f"{self.spearman:+.2f} (p = {self.spearman_p:.2g})."
+                + (f" {UNBOUNDED.capitalize()}: {', '.join(self.unbounded)}." if self.unbounded else ""))
 
 
-def fit_bound(family: Sequence[BoundTerms], *, l_con_attack: LConAttack = "pgd", quantity: Quantity = "increase",
+def fit_bound(family: Sequence[BoundTerms], *, l_con_attack: LConAttack = "pgd", quantity: Quantity = "l_con",
               n_bootstrap: int = 2000, level: float = 0.95, seed: int = 0) -> BoundFit:
     """Fit kappa over `family` (terms measured on the same examples), with a paired bootstrap over examples.
 
     The bound holds on the fitted family by construction (the model that sets kappa has zero slack): test it on
-    models the fit did not see (`cross_validate`, `holdout_slack`).
+    models the fit did not see (`out_of_family_check`). Models no finite kappa bounds are marked in the table's
+    `unbounded` column and left out of kappa.
     """
     family = items("family", family, BoundTerms, "model", "pass the bound_terms of at least two models measured on "
                    f"the same examples (kappa relates the robustness gap to {quantity} across models)", at_least=2)
@@ -243,17 +271,18 @@ def fit_bound(family: Sequence[BoundTerms], *, l_con_attack: LConAttack = "pgd",
     table = pd.DataFrame([t.summary() for t in family])
     table["bound (clean + kappa x quantity)"] = table["clean CE"] + kappa * mean_quantity
     table["slack"] = table["bound (clean + kappa x quantity)"] - table["adversarial CE"]
+    table["unbounded"] = _unbounded(mean_gap, mean_quantity)
     return BoundFit(kappa, interval, slope, float(spearman.statistic), float(spearman.pvalue), table,
                     l_con_attack, quantity, level)
 
 
 def holdout_slack(fitted: Sequence[BoundTerms], held_out: BoundTerms, *, l_con_attack: LConAttack = "pgd",
-                  quantity: Quantity = "increase", n_bootstrap: int = 2000, level: float = 0.95,
-                  seed: int = 0) -> dict[str, float | str]:
+                  quantity: Quantity = "l_con", n_bootstrap: int = 2000, level: float = 0.95,
+                  seed: int = 0) -> dict[str, float | str | bool]:
     """kappa fitted on `fitted`, tested on `held_out`: the held-out model's mean gap and quantity, its slack (bound
     minus adversarial CE) with a bootstrap interval over examples (kappa refitted in every draw, `slack_low` to
-    `slack_high`), and the verdict: "violated" when the whole interval is below zero, "holds" when above, else
-    "not resolved"."""
+    `slack_high`), the verdict: "violated" when the whole interval is below zero, "holds" when above, else
+    "not resolved", and whether no finite kappa bounds it (`unbounded`)."""
     fitted = items("fitted", fitted, BoundTerms, "model", "pass the bound_terms of the models to fit kappa on (one "
                    "or more, measured on held_out's examples)")
     require(isinstance(held_out, BoundTerms), "held_out", held_out, "not a BoundTerms",
@@ -262,8 +291,7 @@ def holdout_slack(fitted: Sequence[BoundTerms], held_out: BoundTerms, *, l_con_a
     mean_gap, mean_quantity = gaps.mean(1), quantities.mean(1)
 
     def slack(g: np.ndarray, q: np.ndarray) -> float:
-        kappa = _kappa(g[:-1], q[:-1])
-        return float("-inf") if not np.isfinite(kappa) else kappa * q[-1] - g[-1]
+        return _kappa(g[:-1], q[:-1]) * q[-1] - g[-1]
 
     draws = np.random.default_rng(seed).integers(0, gaps.shape[1], size=(n_bootstrap, gaps.shape[1]))
     boot = np.array([slack(gaps[:, d].mean(1), quantities[:, d].mean(1)) for d in draws])
@@ -271,15 +299,96 @@ def holdout_slack(fitted: Sequence[BoundTerms], held_out: BoundTerms, *, l_con_a
     verdict = "violated" if high < 0 else "holds" if low > 0 else "not resolved"
     return {"held_out": held_out.name, "kappa": _kappa(mean_gap[:-1], mean_quantity[:-1]),
             "mean_gap": float(mean_gap[-1]), "mean_quantity": float(mean_quantity[-1]),
-            "slack": slack(mean_gap, mean_quantity), "slack_low": low, "slack_high": high, "verdict": verdict}
+            "slack": float(slack(mean_gap, mean_quantity)), "slack_low": low, "slack_high": high, "verdict": verdict,
+            "unbounded": bool(_unbounded(mean_gap[-1:], mean_quantity[-1:])[0])}
 
 
-def cross_validate(family: Sequence[BoundTerms], **kwargs: object) -> pd.DataFrame:
-    """Leave each model out in turn: kappa fitted on the others, the bound tested on it (`holdout_slack`). Rows
-    with the verdict "violated" are where the bound, as fitted, fails out of sample."""
-    family = items("family", family, BoundTerms, "model", "pass the bound_terms of at least three models (each held "
-                   "out in turn, kappa fitted on the others)", at_least=3)
-    return pd.DataFrame([holdout_slack([t for t in family if t is not m], m, **kwargs) for m in family])
+def exact_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a rate of k in n."""
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
 
 
-__all__ = ["L_CON_BATCH", "BoundFit", "BoundTerms", "bound_terms", "cross_validate", "fit_bound", "holdout_slack"]
+def rate_reading(interval: Sequence[float], exchangeable: float) -> str:
+    """What a violation rate's interval says beside the rate `exchangeable` models would give (1/(m+1))."""
+    low, high = interval
+    if low > exchangeable:
+        return ("the test family exceeds kappa more often than models exchangeable with the fitted ones would: the "
+                "fitted kappa does not carry over")
+    if high < exchangeable:
+        return "the test family exceeds kappa less often than models exchangeable with the fitted ones would"
+    return "the interval holds that rate: consistent with models exchangeable with the fitted ones"
+
+
+@dataclass(frozen=True)
+class OutOfFamilyCheck:
+    """kappa fitted on one family, tested on a disjoint family fixed in advance (module docstring, trap 1)."""
+
+    kappa: float
+    m: int  # fitted models with a positive quantity: kappa is the largest of their m ratios
+    unbounded_fitted: tuple[str, ...]  # fitted models no finite kappa bounds (left out of kappa)
+    table: pd.DataFrame  # per test model: holdout_slack's fields
+    violation_interval: tuple[float, float]
+    resolved_interval: tuple[float, float]
+    l_con_attack: LConAttack
+    quantity: Quantity
+    level: float
+
+    @property
+    def violated(self) -> list[str]:
+        """The test models whose mean gap exceeds kappa x their mean quantity (their slack is negative)."""
+        return self.table.loc[self.table["slack"] < 0, "held_out"].tolist()
+
+    @property
+    def resolved(self) -> list[str]:
+        """The test models whose violation is resolved: the whole slack interval is below zero."""
+        return self.table.loc[self.table["verdict"] == "violated", "held_out"].tolist()
+
+    @property
+    def exchangeable_rate(self) -> float:
+        """1/(m+1): how often a model exchangeable with the m fitted ones has the largest of the m+1 ratios."""
+        return 1 / (self.m + 1)
+
+    @property
+    def unbounded(self) -> list[str]:
+        """Every model, fitted or tested, that no finite kappa bounds."""
+        return [*self.unbounded_fitted, *self.table.loc[self.table["unbounded"], "held_out"]]
+
+    def statement(self) -> str:
+        n, rate = len(self.table), self.exchangeable_rate
+        (v_low, v_high), (r_low, r_high) = self.violation_interval, self.resolved_interval
+        return (f"kappa fitted on {self.m} models, with {QUANTITY_NAMES[self.quantity]} under "
+                f"{self.l_con_attack.upper()}: {self.kappa:.3f}; tested on {n} other models fixed in advance: "
+                f"exceeded by {len(self.violated)} of {n} ({self.level:.0%} Clopper-Pearson interval {v_low:.0%}-"
+                f"{v_high:.0%}), resolved for {len(self.resolved)} of {n} ({r_low:.0%}-{r_high:.0%}); a model "
+                f"exchangeable with the {self.m} fitted ones would exceed kappa with probability 1/{self.m + 1} = "
+                f"{rate:.0%}; {rate_reading(self.violation_interval, rate)}. "
+                f"{UNBOUNDED.capitalize()}: {', '.join(self.unbounded) or 'none'}.")
+
+
+def out_of_family_check(fit: Sequence[BoundTerms], test: Sequence[BoundTerms], *, l_con_attack: LConAttack = "pgd",
+                        quantity: Quantity = "l_con", n_bootstrap: int = 2000, level: float = 0.95,
+                        seed: int = 0) -> OutOfFamilyCheck:
+    """kappa fitted on the `fit` family, the bound tested on each model of the disjoint `test` family
+    (`holdout_slack`), and the test family's violation rate, plain and resolved, with exact intervals to set
+    beside 1/(m+1). Both families are fixed before anything is measured; their terms on the same examples."""
+    fit = items("fit", fit, BoundTerms, "model", "pass the bound_terms of the models to fit kappa on")
+    test = items("test", test, BoundTerms, "model", "pass the bound_terms of the models to test kappa on")
+    shared = sorted({t.name for t in fit} & {t.name for t in test})
+    require(not shared, "test", Summary(f"models {shared}"), "also in the fit family",
+            "test kappa on a family disjoint from the fit family (other lambdas, training lengths, architectures "
+            "or radii), fixed in advance")
+    gaps, quantities = _stacked(fit, l_con_attack, quantity, "fit")
+    mean_gap, mean_quantity = gaps.mean(1), quantities.mean(1)
+    table = pd.DataFrame([holdout_slack(fit, t, l_con_attack=l_con_attack, quantity=quantity,
+                                        n_bootstrap=n_bootstrap, level=level, seed=seed) for t in test])
+    n = len(table)
+    violations, resolved = int((table["slack"] < 0).sum()), int((table["verdict"] == "violated").sum())
+    unbounded = tuple(t.name for t, u in zip(fit, _unbounded(mean_gap, mean_quantity)) if u)
+    return OutOfFamilyCheck(_kappa(mean_gap, mean_quantity), int((mean_quantity > 0).sum()), unbounded, table,
+                            exact_interval(violations, n, level), exact_interval(resolved, n, level), l_con_attack,
+                            quantity, level)
+
+
+__all__ = ["L_CON_BATCH", "QUANTITY_NAMES", "UNBOUNDED", "BoundFit", "BoundTerms", "OutOfFamilyCheck", "bound_terms",
+           "exact_interval", "fit_bound", "holdout_slack", "out_of_family_check", "rate_reading"]

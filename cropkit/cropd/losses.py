@@ -60,15 +60,16 @@ COLLAPSED = 0.95
 
 def contrastive_terms(encoder: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor | None, eps: float, *,
                       tau: float = 0.5, steps: int = 1, step: float | None = None, batch_size: int = L_CON_BATCH,
-                      seed: int = 0) -> tuple[Tensor, Tensor]:
+                      seed: int = 0, restarts: int = 1) -> tuple[Tensor, Tensor]:
     """Per-example L_con of `encoder` on `images`, (under attack, clean), measured in batches of exactly `batch_size`.
 
     The attack maximises each batch's L_con by `linf_ascent` (`steps=1`: FGSM-RS, the training attack; more: PGD
-    with `step`, default 2.5 * eps / steps); negatives are the batch's clean latents of other classes (all others
-    when `labels` is None). The clean term scores each clean latent against itself. The examples are batched in
-    a seeded random order; when `batch_size` does not divide their number, the last batch is the last
-    `batch_size` examples of that order and scores only those not yet scored, so every term is measured at the
-    same batch size. Returned on the CPU, in the order of `images`.
+    with `step`, default 2.5 * eps / steps), `restarts` times from new random starts on the same batch, keeping each
+    anchor's worst (an anchor's term depends only on its own view: the negatives are clean latents); negatives are
+    the batch's clean latents of other classes (all others when `labels` is None). The clean term scores each clean
+    latent against itself. The examples are batched in a seeded random order; when `batch_size` does not divide
+    their number, the last batch is the last `batch_size` examples of that order and scores only those not yet
+    scored, so every term is measured at the same batch size. Returned on the CPU, in the order of `images`.
     """
     n = len(images)
     if n < batch_size:
@@ -86,10 +87,15 @@ def contrastive_terms(encoder: Callable[[Tensor], Tensor], images: Tensor, label
         y = labels[index] if labels is not None else None
         with torch.no_grad():
             z = encoder(x)
-        x_adv = linf_ascent(lambda v: contrastive_loss(encoder(v), z, y, tau), x, eps, steps=steps, step=step,
-                            generator=generator)
+        worst = None
+        for _ in range(restarts):  # each restart draws a new random start from the same generator
+            x_adv = linf_ascent(lambda v: contrastive_loss(encoder(v), z, y, tau), x, eps, steps=steps, step=step,
+                                generator=generator)
+            with torch.inference_mode():
+                terms = contrastive_loss(encoder(x_adv), z, y, tau, reduction="none")
+            worst = terms if worst is None else torch.maximum(worst, terms)
         with torch.inference_mode():
             new = slice(start - first, batch_size)
-            adversarial[index[new].cpu()] = contrastive_loss(encoder(x_adv), z, y, tau, reduction="none")[new].cpu()
+            adversarial[index[new].cpu()] = worst[new].cpu()
             clean[index[new].cpu()] = contrastive_loss(z, z, y, tau, reduction="none")[new].cpu()
     return adversarial, clean

@@ -1,17 +1,23 @@
-"""Attacks from torchattacks, described by a small spec so that every number names how it was made.
+"""Attacks from torchattacks and the reference AutoAttack, described by a small spec so that every number names how
+it was made (the records' `implementation`: library and version).
 
 Kinds: `fgsm`, `pgd` (eps, step, steps, random start, restarts), `apgd-ce` (APGD on the cross-entropy alone,
 `steps` iterations: PGD with AutoAttack's adaptive step size, at PGD's cost), `apgd` (APGD-CE then APGD-T,
 AutoAttack's two gradient-based components, `steps` each: the strong attack that fits a CPU budget), `autoattack`
 (torchattacks' own composition, whose APGD / APGD-T / FAB-T run 10 iterations each and target n_classes - 1
-classes) and `autoattack-original` (the strength of the original AutoAttack standard version: APGD-CE, APGD-T
-and FAB-T with 100 steps and at most 9 target classes, Square with 5,000 queries). Use the latter for headline
-numbers. The strong kinds always get the number of classes and a seed.
+classes), `autoattack-port` (torchattacks' attacks composed at the strength of the original AutoAttack standard
+version: APGD-CE, APGD-T and FAB-T with 100 steps and at most 9 target classes, Square with 5,000 queries) and
+`autoattack-original`: Croce & Hein's own implementation (`pyautoattack`, the reference), standard version, whose
+automatic checks (randomness, probabilities out, zero gradients, Square beating the white-box attacks, ...) land in
+each record (`cropkit.eval.checks.reference_checks`). Use the reference for headline numbers; notebook 08 checks the
+port and the quick profile's strong attack against it, paired. The strong kinds always get the number of classes and
+a seed.
 
 Tasks with fewer than four classes (the original AutoAttack's `checks.check_n_classes`: the DLR loss needs three
 classes, its targeted form four): APGD-T is replaced by untargeted APGD-DLR with three classes and dropped with
 two, where APGD-CE's loss is a monotone function of the margin; FAB-T targets the n_classes - 1 other classes;
-Square's margin loss needs no change. `AttackSpec.components(n_classes)` is the list that runs and is recorded.
+Square's margin loss needs no change. `AttackSpec.components(n_classes)` is the list that runs and is recorded; the
+reference runs the same list, at its own fixed budget.
 
 `norm="L2"` makes `pgd`, `apgd-ce` and `apgd` L2 attacks (torchattacks' PGDL2, APGD and APGD-T with norm L2; eps an
 L2 radius in pixel units of [0, 1] images); their labels end in "(L2)", every record carries the norm as its
@@ -25,8 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pyautoattack
 import torchattacks
-from torch import nn
+from torch import Tensor, nn
 from torchattacks.attack import Attack as TorchAttack
 
 from cropkit.core.validate import (
@@ -41,15 +48,18 @@ from cropkit.core.validate import (
     require,
 )
 
-AttackKind = Literal["fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original"]
-KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-original")
+AttackKind = Literal["fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-port", "autoattack-original"]
+KINDS: tuple[str, ...] = ("fgsm", "pgd", "apgd-ce", "apgd", "autoattack", "autoattack-port", "autoattack-original")
 Norm = Literal["Linf", "L2"]
 NORMS: tuple[str, ...] = ("Linf", "L2")
 L2_KINDS: tuple[str, ...] = ("pgd", "apgd-ce", "apgd")  # the kinds with an L2 form
 IMPLEMENTATION = f"torchattacks {torchattacks.__version__}"
+REFERENCE = f"pyautoattack {pyautoattack.__version__}"  # Croce & Hein's AutoAttack, behind `autoattack-original`
 MAX_TARGETS = 9  # the original AutoAttack's APGD-T and FAB-T target the 9 highest-scored wrong classes
-STEPS = {"autoattack": 10, "autoattack-original": 100}  # per component; the APGD kinds take the spec's steps
+STEPS = {"autoattack": 10, "autoattack-port": 100, "autoattack-original": 100}  # per component; APGD kinds: spec's
 SQUARE_QUERIES = 5000
+REFERENCE_NAMES = {"APGD-CE": "apgd-ce", "APGD-DLR": "apgd-dlr", "APGD-T": "apgd-t", "FAB-T": "fab-t",
+                   "Square": "square"}  # the components under the reference's names
 
 
 def validate_eps(eps: float, name: str = "eps") -> float:
@@ -114,7 +124,8 @@ class AttackSpec:
 
     @property
     def label(self) -> str:
-        """Short name for tables: FGSM, PGD-10, PGD-20x5 (5 restarts), AutoAttack (torchattacks), AutoAttack.
+        """Short name for tables: FGSM, PGD-10, PGD-20x5 (5 restarts), AutoAttack (torchattacks), AutoAttack
+        (torchattacks port) and AutoAttack (the reference).
 
         The strong kinds are named by their four-class composition; `components` says what ran on fewer classes."""
         norm = "" if self.norm == "Linf" else f" ({self.norm})"
@@ -122,7 +133,13 @@ class AttackSpec:
             return f"PGD-{self.steps}" + (f"x{self.restarts}" if self.restarts > 1 else "") + norm
         if self.kind in ("apgd-ce", "apgd"):
             return f"APGD-{'CE' if self.kind == 'apgd-ce' else 'CE+T'}-{self.steps}" + norm
-        return {"fgsm": "FGSM", "autoattack": "AutoAttack (torchattacks)", "autoattack-original": "AutoAttack"}[self.kind]
+        return {"fgsm": "FGSM", "autoattack": "AutoAttack (torchattacks)",
+                "autoattack-port": "AutoAttack (torchattacks port)", "autoattack-original": "AutoAttack"}[self.kind]
+
+    @property
+    def implementation(self) -> str:
+        """The library and version that runs the attack: the reference AutoAttack or torchattacks."""
+        return REFERENCE if self.kind == "autoattack-original" else IMPLEMENTATION
 
     def label_for(self, n_classes: int) -> str:
         """The label of what runs on an `n_classes`-way task: `label`, except that the `apgd` kind names the
@@ -172,13 +189,16 @@ class AttackSpec:
                          "target_classes": targets[0] if targets else 0}
         if self.kind in ("apgd-ce", "apgd"):
             settings["steps"] = self.steps
-        elif self.kind == "autoattack":
+        elif self.kind in ("autoattack", "autoattack-original"):
             settings["version"] = "standard"
         return settings
 
-    def build(self, model: nn.Module, n_classes: int, seed: int) -> TorchAttack:
-        """The torchattacks object attacking `model` (which takes [0, 1] images and returns logits)."""
+    def build(self, model: nn.Module, n_classes: int, seed: int) -> TorchAttack | ReferenceAutoAttack:
+        """The attack on `model` (which takes [0, 1] images and returns logits), called as `attack(x, y)`: a
+        torchattacks object, or the reference AutoAttack for `autoattack-original`."""
         eps = self.eps
+        if self.kind == "autoattack-original":
+            return ReferenceAutoAttack(model, eps, self.components(n_classes), seed)
         if self.kind == "fgsm":
             return torchattacks.FGSM(model, eps=eps)
         if self.kind == "pgd":
@@ -188,6 +208,31 @@ class AttackSpec:
             return pgd[0] if self.restarts == 1 else torchattacks.MultiAttack(pgd)
         attacks = [c.build(model, eps, n_classes, seed, self.norm) for c in self.components(n_classes)]
         return attacks[0] if len(attacks) == 1 else torchattacks.MultiAttack(attacks)
+
+
+class ReferenceAutoAttack:
+    """Croce & Hein's AutoAttack (`pyautoattack`), standard version, running `components` (fewer on fewer than four
+    classes, as the kit's port does), called as a torchattacks attack is. Its checks warn through its logger
+    (`cropkit.eval.checks.reference_checks` collects them)."""
+
+    def __init__(self, model: nn.Module, eps: float, components: tuple[Component, ...], seed: int) -> None:
+        self.autoattack = pyautoattack.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed,
+                                                  device=next(model.parameters()).device)
+        self.autoattack.verbose = False
+        budget = {"APGD-CE": self.autoattack.apgd.n_iter, "APGD-DLR": self.autoattack.apgd.n_iter,
+                  "APGD-T": self.autoattack.apgd_targeted.n_iter, "FAB-T": self.autoattack.fab.n_iter,
+                  "Square": self.autoattack.square.n_queries}
+        for c in components:
+            require(c.steps == budget[c.name], "components", str(c), f"not the reference's budget ({budget[c.name]})",
+                    "the reference runs at its own fixed budget: use `autoattack-port` for other budgets")
+        self.autoattack.attacks_to_run = [REFERENCE_NAMES[c.name] for c in components]
+        targets = [c.targets for c in components if c.targets is not None]
+        if targets:
+            self.autoattack.apgd_targeted.n_target_classes = self.autoattack.fab.n_target_classes = targets[0]
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        """Adversarial examples for the batch; the clean input where every component failed."""
+        return self.autoattack.run_standard_evaluation(x, y, batch_size=len(x))[0]
 
 
 _NOT_SETTINGS = ("attack", "model_name", "attack_mode", "supported_mode")  # torchattacks' bookkeeping
@@ -226,6 +271,10 @@ class ExternalAttack:
 
     def label_for(self, n_classes: int) -> str:
         return self.label
+
+    @property
+    def implementation(self) -> str:
+        return IMPLEMENTATION
 
     def settings(self, n_classes: int) -> dict[str, Any]:
         public = {k: v for k, v in sorted(vars(self.attack).items()) if not k.startswith("_")

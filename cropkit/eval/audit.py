@@ -8,7 +8,9 @@ pipeline in several ways and returns named checks, each pass/fail with its evide
   non-zero input gradients of the cross-entropy;
 - accuracy falls monotonically with eps and is near zero at a large eps;
 - more PGD steps and random restarts never raise robust accuracy, and the strong attack is not above PGD;
-- adversarial examples transferred from an undefended reference pipeline are weaker than the white-box attack.
+- adversarial examples transferred from an undefended reference pipeline are weaker than the white-box attack;
+- with the reference AutoAttack as the strong attack (`autoattack-original`), its own automatic checks beside these
+  (`cropkit.eval.checks.reference_checks`), which torchattacks' port lacks.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def run(
     best_pgd = min(restarted, *by_steps.values())
     checks.append(Check("strong attack not above PGD", strong_accuracy <= best_pgd + tolerance,
                         f"{strong.label} {shown(strong_accuracy)}, best PGD {shown(best_pgd)}"))
+    checks += [Check(**flag) for flag in kept[-1].get("reference_checks", [])]
     if reference is not None and reference is not pipeline:
         checks.append(_transfer_check(pipeline, reference, data, eps, ten, seed, tolerance))
     curves = {"accuracy vs eps": {0.0: clean, **by_eps}, "accuracy vs PGD steps": dict(by_steps)}

@@ -30,7 +30,7 @@ from cropkit.core.checkpoint import module_digest, write_json
 from cropkit.core.paths import output
 from cropkit.core.validate import choice, integer, optional, radius, require, text
 from cropkit.data import ImageData, load_dataset
-from cropkit.eval.attacks import IMPLEMENTATION, KINDS, AttackKind, AttackSpec, pgd
+from cropkit.eval.attacks import KINDS, AttackKind, AttackSpec, pgd
 from cropkit.eval.checks import AuditReport
 from cropkit.eval.evaluate import EVAL_RECIPE_VERSION, evaluate
 from cropkit.eval.stats import format_accuracy
@@ -142,8 +142,8 @@ def benchmark(
     robust_acc = _percent(strong["robust_accuracy"])
     notes = [fields.pop("footnote", None)]
     if attack != "autoattack-original":
-        notes.append(f"Robust accuracy {robust_acc}% under {strong['attack']} ({IMPLEMENTATION}), not AutoAttack: "
-                     "autoattack_acc is left empty.")
+        notes.append(f"Robust accuracy {robust_acc}% under {strong['attack']} ({strong['implementation']}), not "
+                     "AutoAttack: autoattack_acc is left empty.")
     if not verdict["passed"]:
         notes.append(f"The {verdict['level']} gradient-masking audit failed: {', '.join(verdict['failed'])}.")
     card = {
@@ -172,7 +172,7 @@ def benchmark(
                          "settings": r["attack_settings"], "runtime_s": r["runtime_s"], "cached": r["cached"]}
                         for r in records],
             "evaluation": {"method": strong["attack"], "settings": strong["attack_settings"],
-                           "implementation": IMPLEMENTATION, "recipe": EVAL_RECIPE_VERSION},
+                           "implementation": strong["implementation"], "recipe": EVAL_RECIPE_VERSION},
             "audit": verdict,
             "records": {"file": str(records_path), "timestamp": strong["timestamp"]},
             **{key: strong[key] for key in ("device", "versions", "commit", "timestamp", "run_id")},

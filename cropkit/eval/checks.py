@@ -4,10 +4,17 @@
 `cropkit.eval.evaluate` runs it on every evaluation and each record says whether the attacked model passed; the
 attack-based checks live in `cropkit.eval.audit`. `evaluate` puts the pipeline in eval mode before checking, so
 there the train-mode check holds by construction; `audit.run` checks the pipeline as it was handed over.
+
+The reference AutoAttack (`autoattack-original`) runs automatic checks of its own, which torchattacks' port lacks;
+`reference_checks` collects the warnings they log into `Check`s, which `evaluate` stores in the reference's records
+(`reference_checks`) and `audit.run` adds to its report when its strong attack is the reference.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SAMPLE = 32  # images the structural checks run on
+REFERENCE_LOGGER = "auto-attack"  # where the reference AutoAttack's checks (pyautoattack/checks.py) warn
+# Each check of the reference, named as the kit names it, and a phrase of the warning it logs when it flags.
+REFERENCE_FLAGS = {"reference: not a randomized defence": "randomized defense",
+                   "reference: returns logits, not probabilities": "probability distribution",
+                   "reference: no zero input gradients": "zero gradient",
+                   "reference: not a dynamic defence": "dynamic defense",
+                   "reference: usable target classes": "classes",
+                   "reference: Square not above the white-box attacks": "Square Attack has decreased"}
 
 
 @dataclass(frozen=True)
@@ -94,3 +109,32 @@ def _gradient_check(pipeline: nn.Module, x: Tensor, y: Tensor) -> Check:
     nonzero = float((grad.flatten(1).abs().sum(1) > 0).float().mean())
     return Check(name, finite and nonzero >= 0.9,
                  f"finite: {finite}; examples with a non-zero gradient: {nonzero:.0%} (needs >= 90%)")
+
+
+class _Collected(logging.Handler):
+    """A logging handler that keeps the messages it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def reference_checks() -> Iterator[list[Check]]:
+    """The reference AutoAttack's automatic checks run inside the block, as `Check`s (one per check in
+    `REFERENCE_FLAGS`, failed where it warned, its warnings the evidence): filled in when the block ends. A check
+    that found nothing to flag (or did not run: Square's when no example reached it) passes."""
+    logger, handler = logging.getLogger(REFERENCE_LOGGER), _Collected()
+    checks: list[Check] = []
+    logger.addHandler(handler)
+    try:
+        yield checks
+    finally:
+        logger.removeHandler(handler)
+        messages = list(dict.fromkeys(handler.messages))  # each batch repeats the checks
+        for name, phrase in REFERENCE_FLAGS.items():
+            flagged = [m for m in messages if phrase in m]
+            checks.append(Check(name, not flagged, "; ".join(flagged) or "not flagged"))

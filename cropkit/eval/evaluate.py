@@ -6,10 +6,14 @@ the eps-ball and in [0, 1] before it is scored. Every record carries the verdict
 the full one (`cropkit.eval.audit.run`) when its report is passed in, else the structural checks run here; its 95%
 intervals; and its per-example outcomes, from which paired comparisons and the worst case over attacks follow.
 
-An attack's per-example outcomes are cached (`cache_dir()/evaluations`), keyed by the model's weights, the
-examples' content, the attack's settings, seed, batch size, precision and `EVAL_RECIPE_VERSION`: the notebooks
-evaluate the same cached models on the same images run after run, and a replayed record says `"cached": true`
-(its `runtime_s` is the run that computed it). `cache=False`, or more than one process, always attacks.
+An attack's per-example outcomes are cached (`cache_dir()/evaluations`), keyed by the model's `module_key`
+(its weights, its modules' classes and settings), the examples' content, the attack's settings, seed, batch size,
+precision and `EVAL_RECIPE_VERSION`: the notebooks evaluate the same cached models on the same images run after
+run, and a replayed record says `"cached": true` (its `runtime_s` is the run that computed it). `cache=False`, or more than one process, always attacks.
+
+Each record names the library that ran its attack (`implementation`); a record of the reference AutoAttack
+(`autoattack-original`) also holds the reference's own checks (`reference_checks`: name, passed, evidence), cached
+with its outcomes. Under torchrun they are those of rank 0's batches.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from torch import Tensor, nn
 from torchattacks.attack import Attack as TorchAttack
 
 from cropkit.core import distributed, precision
-from cropkit.core.checkpoint import measurement_path, module_digest, read_json, reading, write_json
+from cropkit.core.checkpoint import measurement_path, module_key, read_json, reading, write_json
 from cropkit.core.paths import cache_dir
 from cropkit.core.precision import PRECISIONS, Precision, describe, fp32, resolve_device
 from cropkit.core.progress import bar as progress_bar
 from cropkit.core.validate import boolean, check_adversarial, choice
 from cropkit.data import ImageData
-from cropkit.eval.attacks import IMPLEMENTATION, Attack, AttackSpec, ExternalAttack, as_attack
-from cropkit.eval.checks import SAMPLE, AuditReport, structural_checks
+from cropkit.eval.attacks import REFERENCE, Attack, AttackSpec, ExternalAttack, as_attack
+from cropkit.eval.checks import SAMPLE, AuditReport, reference_checks, structural_checks
 from cropkit.eval.inputs import check_evaluation
 from cropkit.eval.records import (
     accuracy_fields,
@@ -140,6 +144,7 @@ def evaluate(
     device: torch.device | str | None = None,
     results: str | os.PathLike[str] | None = None,
     setup: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
     audit: AuditReport | None = None,
     compile: str | None = None,
     precision: Precision = "auto",
@@ -153,7 +158,8 @@ def evaluate(
     With two or more attacks a last record, attack "worst case", counts an example as robust only if every
     attack left it correct.
 
-    `setup` describes the model (pre-processor, foundation model, head) and is stored with every record;
+    `setup` describes the model (pre-processor, foundation model, head) and is stored with every record, as is
+    `training`, its convergence check (`cropkit.eval.convergence.training_fit`), where it was trained;
     `audit` is the model's full audit report, if one was run (otherwise the structural checks are run here).
     `compile` names a `torch.compile` backend ("inductor", PyTorch's default, for speed) through which the clean
     passes and the attacks run; None runs them eagerly. `precision="fp32"` runs everything in fp32 on CUDA too
@@ -169,8 +175,8 @@ def evaluate(
         check_evaluation(pipeline, data, attacks, model_name=model_name, batch_size=batch_size, seed=seed,
                          results=results)
         return _evaluate(pipeline, data, [as_attack(a) for a in attacks], model_name=model_name, seed=seed,
-                         batch_size=batch_size, device=device, results=results, setup=setup, audit=audit,
-                         compile=compile, cache=cache)
+                         batch_size=batch_size, device=device, results=results, setup=setup, training=training,
+                         audit=audit, compile=compile, cache=cache)
 
 
 def outcomes_dir() -> Path:
@@ -178,18 +184,19 @@ def outcomes_dir() -> Path:
     return cache_dir() / "evaluations"
 
 
-def outcomes_path(model_digest: str, data: ImageData, spec: Attack, **context: Any) -> Path:
-    """Where the per-example outcomes of `spec` on `data` for the model with weights `model_digest` are cached;
+def outcomes_path(model_key: str, data: ImageData, spec: Attack, **context: Any) -> Path:
+    """Where the per-example outcomes of `spec` on `data` for the model `model_key` (`module_key`) are cached;
     `context` holds what else decides them (seed, batch size, precision, compile backend)."""
-    fields = {"model": model_digest, "attack": spec.settings(data.num_classes), "restarts": spec.restarts,
-              "implementation": IMPLEMENTATION, **context}
+    fields = {"model": model_key, "attack": spec.settings(data.num_classes), "restarts": spec.restarts,
+              "implementation": spec.implementation, **context}
     return measurement_path(outcomes_dir(), data, fields, recipe=EVAL_RECIPE_VERSION, suffix=".json")
 
 
 def _evaluate(
     pipeline: nn.Module, data: ImageData, attacks: Sequence[Attack], *, model_name: str, seed: int,
     batch_size: int | Literal["auto"], device: torch.device | str | None, results: str | os.PathLike[str] | None,
-    setup: dict[str, Any] | None, audit: AuditReport | None, compile: str | None, cache: bool,
+    setup: dict[str, Any] | None, training: dict[str, Any] | None, audit: AuditReport | None, compile: str | None,
+    cache: bool,
 ) -> list[dict[str, Any]]:
     device = resolve_device(device)
     pipeline = pipeline.to(device).eval()
@@ -208,6 +215,7 @@ def _evaluate(
     base = {
         "model": model_name,
         "setup": setup or {},
+        **({"training": training} if training is not None else {}),
         "dataset": data.name,
         "split": data.split,
         "n_examples": n,
@@ -226,7 +234,7 @@ def _evaluate(
     n_batches = math.ceil(len(attacked_labels) / batch_size)
     batches = range(n_batches)[distributed.shard(n_batches)]
     rows = slice(batches.start * batch_size, batches.stop * batch_size)
-    digest = module_digest(pipeline) if cache and distributed.world_size() == 1 else None
+    digest = module_key(pipeline) if cache and distributed.world_size() == 1 else None
     for spec in attacks:
         path = None if digest is None else outcomes_path(digest, data, spec, seed=seed, batch_size=batch_size,
                                                          precision=describe(device), compile=compile)
@@ -236,26 +244,30 @@ def _evaluate(
                 robust = torch.from_numpy(decode_outcomes(saved["robust"], n))
                 if (robust & ~correct).any():  # also fails on a file of the wrong length
                     raise ValueError("examples robust there are misclassified clean here")
-            replayed = {"cached": True, "runtime_s": saved["runtime_s"]}
+            replayed = {"cached": True} | {k: v for k, v in saved.items() if k != "robust"}  # runtime, checks
         else:
             started = time.perf_counter()
-            x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
-                                   batch_size=batch_size, batches=batches,
-                                   desc=f"{model_name}: {spec.label_for(data.num_classes)} eps={spec.eps:.4g}")
+            with reference_checks() as flags:
+                x_adv = attack_batches(model, spec, attacked, attacked_labels, n_classes=data.num_classes, seed=seed,
+                                       batch_size=batch_size, batches=batches,
+                                       desc=f"{model_name}: {spec.label_for(data.num_classes)} eps={spec.eps:.4g}")
             held = torch.zeros(len(attacked_labels), dtype=torch.int64)
             if len(x_adv):
                 held[rows] = (predict(model, x_adv, batch_size) == attacked_labels[rows]).long()
             robust = torch.zeros(n, dtype=torch.bool)
             robust[correct] = distributed.sum_across(held).bool()
-            replayed = {"cached": False, "runtime_s": clean_seconds + time.perf_counter() - started}
+            kept = {"runtime_s": clean_seconds + time.perf_counter() - started}
+            if spec.implementation == REFERENCE:
+                kept["reference_checks"] = [vars(check) for check in flags]
+            replayed = {"cached": False, **kept}
             if path is not None:
-                write_json(path, {"robust": encode_outcomes(robust), "runtime_s": replayed["runtime_s"]})
+                write_json(path, {"robust": encode_outcomes(robust), **kept})
         records.append(base | {
             "attack": spec.label_for(data.num_classes),
             "threat_model": spec.norm,
             "eps": spec.eps,
             "attack_settings": spec.settings(data.num_classes),
-            "implementation": IMPLEMENTATION,
+            "implementation": spec.implementation,
             **accuracy_fields(robust, "robust"),
             "outcomes": {"clean": encode_outcomes(correct), "robust": encode_outcomes(robust)},
             **replayed,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cropkit.core import precision
-from cropkit.core.checkpoint import cache_key, existing_directory, load_weights, module_digest, read_json, save_weights
+from cropkit.core.checkpoint import cache_key, existing_directory, load_weights, module_key, read_json, save_weights
 from cropkit.core.cost import measure
 from cropkit.core.loop import RunningMeans, cosine_schedule, descend, shuffled_batches
 from cropkit.core.paths import cache_dir
@@ -42,14 +42,15 @@ def fit_slf(preprocessor: nn.Module | None, foundation: nn.Module, train: ImageD
             device: torch.device | str | None = None, batch_size: int = 256) -> Pipeline:
     """A pipeline whose linear head is fitted on the frozen stack's features of the clean training set.
 
-    The head is cached, keyed by the frozen stack's weights, the training data's content, the precision the
-    features are extracted in and the fitting recipe: the notebooks fit SLF heads on the same stacks many times.
+    The head is cached, keyed by the frozen stack's `module_key` (weights, classes, settings), the training data's
+    content, the precision the features are extracted in and the fitting recipe: the notebooks fit SLF heads on the
+    same stacks many times.
     """
     pipeline = Pipeline(preprocessor, foundation, nn.Identity())
     if device is not None:
         pipeline.to(device)
     device = next(pipeline.parameters()).device
-    key = cache_key({"stack": module_digest(pipeline), "precision": precision.describe(device),
+    key = cache_key({"stack": module_key(pipeline), "precision": precision.describe(device),
                      "weight_decays": list(WEIGHT_DECAYS)}, recipe=HEAD_RECIPE_VERSION, data=train.digest())
     path = cache_dir() / "heads" / f"slf-{train.name}-{key}"
     found = existing_directory(path)
@@ -90,7 +91,7 @@ def fit_alf(slf: Pipeline, train: ImageData, attack: AttackSpec, *, epochs: int 
     pipeline = Pipeline(slf.preprocessor, slf.foundation, copy.deepcopy(slf.head))
     device = next(pipeline.parameters()).device
     schedule = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
-    key = cache_key({"start": module_digest(slf), "attack": asdict(attack), "precision": precision.describe(device),
+    key = cache_key({"start": module_key(slf), "attack": asdict(attack), "precision": precision.describe(device),
                      **schedule}, recipe=HEAD_RECIPE_VERSION, data=train.digest())
     path = cache_dir() / "heads" / f"alf-{train.name}-{key}"
     found = existing_directory(path)

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from cropkit.data import ImageData
 
-TRACKED_PACKAGES = ("torch", "torchvision", "transformers", "torchattacks", "numpy")
+TRACKED_PACKAGES = ("torch", "torchvision", "transformers", "torchattacks", "pyautoattack", "numpy")
 RUN_ENV = "CROPKIT_RUN_ID"  # set by `cropkit reproduce` for each notebook it runs
 RUNS_FILE = "runs.jsonl"
 RUN_STATUSES = ("running", "ok", "failed", "interrupted")

@@ -36,7 +36,7 @@ scaled to the current radius, is its own choice. Not in the TeCoA or PMG-AFT cod
 from CLIP at full eps; a small ViT from its MAE start collapses to near-chance clean accuracy under full-eps PGD
 from the first step (`investigations/finetune_recipe.json`), so the kit's recipe uses it for every method alike.
 One training loop serves all four; runs are checkpointed every epoch, resumable, and cached by the config and
-a digest of the starting weights, so notebooks share them. Every epoch's history carries its cost
+the starting pipeline's `module_key`, so notebooks share them. Every epoch's history carries its cost
 (`cropkit.core.cost`): wall-clock, examples, FLOPs (attack steps included), trainable parameters, peak memory.
 """
 
@@ -59,7 +59,7 @@ from cropkit.core.checkpoint import (
     existing_directory,
     load_snapshot,
     load_weights,
-    module_digest,
+    module_key,
     save_weights,
 )
 from cropkit.core.cost import measure
@@ -261,7 +261,8 @@ def method_pipeline(pipeline: Pipeline, method: str) -> Pipeline:
 
 
 def finetune_dir(config: FinetuneConfig, start: str, data: ImageData) -> Path:
-    """Where a run is cached: keyed by the config, the starting weights' digest, the recipe and the data's digest."""
+    """Where a run is cached: keyed by the config, the starting pipeline's `module_key` (its weights, classes and
+    settings), the recipe and the data's digest."""
     key = cache_key(asdict(config) | {"start": start}, recipe=RECIPE_VERSION, data=data.digest())
     return cache_dir() / "finetuned" / f"{config.method}-{data.name}-{key}"
 
@@ -288,7 +289,7 @@ def finetune_robust(
                 f"{config.name} trains on the head's cosine logits, and this head has no cosine(features)",
                 "fine-tune a pipeline with a LinearHead (fit_slf) or CLIP's zero-shot head")
     data = train.take(config.n_train, seed=config.seed) if config.n_train else train
-    out = finetune_dir(config, module_digest(pipeline), data)
+    out = finetune_dir(config, module_key(pipeline), data)
     tuned = method_pipeline(copy.deepcopy(pipeline).cpu(), config.method)
     found = existing_directory(out)
     if found is not None and not force:

@@ -26,7 +26,7 @@ Record = dict[str, Any]
 ALPHA = 0.05  # the chance that a faithful run fails somewhere, over all the numbers compared
 # What a measurement is, whatever training run made it.
 _MEASUREMENT = ("kind", "model", "dataset", "attack", "eps", "n_examples", "examples", "quantity", "l_con_attack",
-                "features", "held_out")
+                "features")
 _ACCURACIES = ("clean_accuracy", "robust_accuracy")
 
 

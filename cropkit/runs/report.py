@@ -23,7 +23,9 @@ import numpy as np
 from cropkit.core.checkpoint import atomic_write_bytes
 from cropkit.core.paths import cache_dir, project_root
 from cropkit.core.validate import choice, items, record_list, require
+from cropkit.cropd.bound import QUANTITY_NAMES, UNBOUNDED, rate_reading
 from cropkit.cropd.losses import COLLAPSED
+from cropkit.eval.convergence import not_converged
 from cropkit.eval.records import ACCURACY_FIELDS, EVALUATIONS_FIX, RUNS_FILE, compare_records, load_records, pooled
 from cropkit.eval.stats import ALPHA, RunsComparison, format_accuracy, holm, mcnemar_sample_size, seed_spread
 from cropkit.runs.verdicts import across_runs, collecting, multiplicity, record_test, run_name, training_run, verdict
@@ -35,7 +37,7 @@ Record = dict[str, Any]
 # What a measurement is (as opposed to what it measured and where): two records agreeing on these are one
 # measurement made twice, and the newer one speaks.
 _IDENTITY = ("kind", "model", "method", "dataset", "split", "n_examples", "examples", "attack", "eps", "seed", "setup",
-             "features", "quantity", "l_con_attack", "held_out", "budget_epochs", "pgd_steps")
+             "features", "quantity", "l_con_attack", "budget_epochs", "pgd_steps")
 
 
 def _is_kind(kind: str) -> Callable[[Record], bool]:
@@ -166,7 +168,9 @@ def _runs_rows(groups: Mapping[str, Sequence[Record]], attack: str) -> list[dict
     rows = []
     for name, found in groups.items():
         clean, robust = (seed_spread([r[f"{w}_accuracy"] for r in found]) for w in ("clean", "robust"))
-        rows.append({"model": name, "runs": robust["seeds"], "clean, mean ± sd": _mean_sd(clean),
+        failed = len(not_converged(found))
+        flag = f" (did not converge in {failed} of {len(found)} runs: not compared)" if failed else ""
+        rows.append({"model": name + flag, "runs": robust["seeds"], "clean, mean ± sd": _mean_sd(clean),
                      f"{attack}, mean ± sd": _mean_sd(robust),
                      f"{attack}, range": f"{100 * robust['min']:.1f}-{100 * robust['max']:.1f}"})
     return rows
@@ -221,25 +225,35 @@ def _lambda_ablation(records: list[Record]) -> str:
 
 
 def _theory_bound(records: list[Record]) -> str:
+    """What is tested (the theorem's L_con, the kit's variant beside it), kappa in-sample, and the out-of-family
+    check: the test family's violation rate with its exact interval beside 1/(m+1), and the unbounded models."""
     fits = [r for r in records if r.get("kind") == "bound-fit"]
-    main = one(fits, quantity="increase", l_con_attack="pgd")
-    raw = one(fits, quantity="l_con", l_con_attack="pgd")
-    held = [r for r in records if r.get("kind") == "bound-holdout"]
-    violated = [r["held_out"] for r in held if r["verdict"] == "violated"]
-    unresolved = [r["held_out"] for r in held if r["verdict"] == "not resolved"]
-    low, high = main["kappa_interval"]
-    return "\n".join([
-        f"{len(main['models'])} pre-processors, {main['n_examples']} test images, eps = {main['eps']:g}, L_con under PGD "
-        "in batches of 128.",
-        f"- In-sample, on the floor-free increase of L_con: kappa = {main['kappa']:.3f} ({low:.3f}-{high:.3f}); the gap "
-        f"{'rises' if main['spearman'] > 0 else 'does not rise'} with the increase (Spearman {main['spearman']:+.2f}, "
-        f"p = {main['spearman_p']:.2g}). On the raw L_con (floor included): kappa = {raw['kappa']:.3f}, Spearman "
-        f"{raw['spearman']:+.2f}.",
-        f"- Out of sample (each model held out, kappa fitted on the others): the bound is violated for "
-        f"{len(violated)} of {len(held)} models" + (f" ({', '.join(violated)})" if violated else "")
-        + f", holds for {sum(r['verdict'] == 'holds' for r in held)}, and is not resolved for {len(unresolved)}"
-        + (f" ({', '.join(unresolved)})" if unresolved else "") + ".",
-    ])
+    checks = [r for r in records if r.get("kind") == "bound-check"]
+    first = one(checks, quantity="l_con", l_con_attack="pgd")
+    lines = [f"kappa fitted on {len(first['fitted'])} pre-processors and tested on {len(first['tested'])} others "
+             f"fixed in advance ({', '.join(first['tested'])}); {first['n_examples']} test images, eps = "
+             f"{first['eps']:g}, L_con under PGD (at least the cross-entropy attack's steps and its restarts) in "
+             f"batches of 128. Tested: Theorem 1 with {QUANTITY_NAMES['l_con']}; beside it "
+             f"{QUANTITY_NAMES['increase']}."]
+    for quantity in ("l_con", "increase"):
+        fit = one(fits, quantity=quantity, l_con_attack="pgd")
+        check = one(checks, quantity=quantity, l_con_attack="pgd")
+        (low, high), (v_low, v_high) = fit["kappa_interval"], check["violation_interval"]
+        r_low, r_high = check["resolved_interval"]
+        n, rate, level = len(check["tested"]), check["exchangeable_rate"], f"{check['level']:.0%}"
+        name = QUANTITY_NAMES[quantity]
+        lines.append(
+            f"- **{name[0].upper() + name[1:]}**. In-sample (holds on the fit family by construction): kappa = "
+            f"{fit['kappa']:.3f} ({low:.3f}-{high:.3f}), Spearman of gap and quantity {fit['spearman']:+.2f} (p = "
+            f"{fit['spearman_p']:.2g}). Out of family: kappa exceeded by {len(check['violated'])} of {n} test models, "
+            f"{level} Clopper-Pearson interval {v_low:.0%}-{v_high:.0%}"
+            + (f" ({', '.join(check['violated'])})" if check["violated"] else "")
+            + f"; resolved for {len(check['resolved'])} of {n}, {r_low:.0%}-{r_high:.0%}"
+            + (f" ({', '.join(check['resolved'])})" if check["resolved"] else "")
+            + f"; models exchangeable with the {check['m']} fitted ones: 1/{check['m'] + 1} = {rate:.0%}; "
+            f"{rate_reading(check['violation_interval'], rate)}."
+            + (f" {UNBOUNDED.capitalize()}: {', '.join(check['unbounded'])}." if check["unbounded"] else ""))
+    return "\n".join(lines)
 
 
 def _transfer(records: list[Record]) -> str:
@@ -268,7 +282,8 @@ def _acl_family(records: list[Record]) -> str:
              f"{first['eps']:g}, {first['n_examples']} test images:", "", table(_runs_rows(worst, "worst case")), "",
              "SLF heads against the untrained backbone:"]
     lines += [verdict(rs, worst[baseline]) for name, rs in slf.items() if name != "CRoPD"]
-    pairs = [(name, "ACL") for name in slf if name.startswith("ACL-RCS")] + [("ACL-AIR", "ACL"), ("DynACL-AIR", "DynACL")]
+    pairs = [(name, "ACL") for name in slf if name.startswith("ACL-RCS")] + [
+        ("ACL-AIR", "ACL"), ("DynACL-AIR", "DynACL"), ("DynACL-AIR (true KL)", "DynACL-AIR")]
     lines += ["", "Each variant against the method it modifies (SLF):"]
     seconds = {name: float(np.mean([r["seconds"] for r in rs])) for name, rs in cost.items()}
     for a, b in pairs:
@@ -277,9 +292,14 @@ def _acl_family(records: list[Record]) -> str:
                      f"runs, {cost[a][0]['examples']} examples trained against {cost[b][0]['examples']})."
                      if "RCS" in a else "")
             lines.append(verdict(slf[a], slf[b], a_name=a, b_name=b) + speed)
-    encoders = {name: rs for name, rs in worst.items() if not name.startswith(("CRoPD", baseline))}
+    encoders = {name: rs for name, rs in worst.items()
+                if not name.startswith(("CRoPD", baseline)) and not not_converged(rs)}
     best = max(encoders, key=lambda name: np.mean([r["robust_accuracy"] for r in encoders[name]]))
-    lines += ["", f"Against the ACL-family model most robust on average ({best}):",
+    flagged = [name for name, rs in worst.items() if not_converged(rs)]
+    if flagged:
+        lines += ["", f"Did not converge in at least one run, so left out of every comparison: {', '.join(flagged)} "
+                  "(`cropkit.eval.convergence`; each record's `training` says why)."]
+    lines += ["", f"Against the converged ACL-family model most robust on average ({best}):",
               verdict(worst["CRoPD · SLF"], encoders[best])]
     return "\n".join(lines)
 
@@ -368,11 +388,52 @@ def _cost(records: list[Record]) -> str:
                     f"{r['ratio_preprocessor_scaled']:.1f}x (scaled)" for r in large) + "."])
 
 
+def _is_reference(record: Record) -> bool:
+    """Whether the reference AutoAttack (Croce & Hein's, `autoattack-original`) made the evaluation `record`."""
+    return record.get("attack_settings", {}).get("kind") == "autoattack-original"
+
+
+def _against_reference(records: list[Record]) -> list[tuple[Record, list[Record]]]:
+    """Each reference AutoAttack evaluation with the other attacks run on its model, examples and eps."""
+    return [(ref, [r for r in evaluations(records) if not _is_reference(r) and r["attack"] != "worst case"
+                   and all(r.get(k) == ref.get(k) for k in ("model", "examples", "eps"))])
+            for ref in evaluations(records) if _is_reference(ref)]
+
+
+def reference_check(records: Sequence[Record]) -> str:
+    """Notebook 08's paired check against the reference AutoAttack: each attack run on the reference's model and
+    examples (torchattacks' port, the quick profile's strong attack) minus the reference, in points with the 95%
+    interval of the paired difference, and whether the gap is within half the interval's width (the criterion the
+    quick profile's strong-attack iterations are chosen by), per attack over the models; then what the reference's own
+    checks flagged."""
+    rows, flagged, within = [], [], {}
+    for ref, others in _against_reference(list(records)):
+        flagged += [f"{ref['model']}: {c['name']} ({c['evidence']})" for c in ref.get("reference_checks", [])
+                    if not c["passed"]]
+        for r in others:
+            comparison = compare_records(r, ref)
+            low, high = comparison.interval
+            close = abs(comparison.difference) <= (high - low) / 2
+            within.setdefault(r["attack"], []).append(close)
+            difference = f"{100 * comparison.difference:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+            rows.append({"model": r["model"], "n": r["n_examples"], "attack": r["attack"], "robust": accuracy(r),
+                         "reference AutoAttack": accuracy(ref), "difference (points)": difference,
+                         "within half the width": "yes" if close else "NO"})
+    if not rows:
+        return "No attack ran beside the reference AutoAttack on the same examples."
+    verdicts = [f"- {attack}: within half the interval's width of the reference on {sum(c)} of {len(c)} model(s)"
+                + (" (the criterion holds)." if all(c) else " (the criterion FAILS).") for attack, c in within.items()]
+    checks = ("The reference's checks flagged " + "; ".join(flagged) + "." if flagged
+              else "The reference's checks flagged nothing.")
+    return "\n".join([table(rows), "", *verdicts, "", checks])
+
+
 def _audit(records: list[Record]) -> str:
+    compared = {(r["model"], r.get("examples"), r["eps"]) for r in evaluations(records) if _is_reference(r)}
     rows = [{"model": r["model"], "n": r["n_examples"], "clean": accuracy(r, "clean"), r["attack"]: accuracy(r),
              "audit": "passed" if r["audit"]["passed"] else "FAILED: " + ", ".join(r["audit"]["failed"])}
-            for r in evaluations(records)]
-    return table(rows)
+            for r in evaluations(records) if (r["model"], r.get("examples"), r["eps"]) not in compared]
+    return "\n\n".join(([table(rows)] if rows else []) + ([reference_check(records)] if compared else []))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -572,7 +633,7 @@ SUMMARIES: dict[str, Callable[[list[Record]], str]] = {
 # What each summary reads first (the others: worst-case evaluations), so that another notebook's records are refused.
 _READS: dict[str, tuple[str, Callable[[Record], bool]]] = {
     "00_quickstart": ("linear-probe record", _is_kind("linear-probe")),
-    "01_theory_bound": ("bound-fit record", _is_kind("bound-fit")),
+    "01_theory_bound": ("bound-check record", _is_kind("bound-check")),
     "07_cost": ("cost record", _is_kind("cost")),
     "08_robustness_audit": ("evaluation", lambda r: bool(r.get("attack"))),
 }
@@ -681,6 +742,8 @@ def headline(by_notebook: dict[str, list[Record]]) -> str:
         first = {name: [r for r in worst if r["model"] == name or r["model"].startswith(name + " ")] for name in (a, b)}
         if all(first.values()):
             found.append((notebook, across_runs(first[a], first[b])[0]))
+    if not found:
+        return "No headline comparison has been run in this profile."
     tested = [c.p_value for _, c in found if c.p_value is not None]
     adjusted = iter(holm(tested))
     return table([_headline_row(notebook, c, next(adjusted) if c.p_value is not None else None, len(tested))
@@ -689,7 +752,7 @@ def headline(by_notebook: dict[str, list[Record]]) -> str:
 
 def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
     """The README's generated results: the headline comparisons over training runs, each notebook's wall-clock in
-    the run that made the committed outputs, and where the rest is."""
+    the run that made the committed outputs (the quick profile's), and where the rest is."""
     check_notebooks("by_notebook", by_notebook, _reference_fix(profile))
     seconds = {p.stem: json.loads(p.read_text(encoding="utf-8"))["metadata"].get("cropkit", {}).get("seconds")
                for p in sorted((project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
@@ -700,18 +763,21 @@ def readme_block(profile: str, by_notebook: dict[str, list[Record]]) -> str:
                + ", ".join(f"{name[:2]} {s:.0f} s" for name, s in seconds.items())
                + f"; {sum(seconds.values()) / 60:.1f} min in all, with {replayed} of its {len(attacked)} attack "
                "evaluations replayed from the cache of earlier runs.\n"]
-              if None not in seconds.values() else [])
+              if profile == "quick" and None not in seconds.values() else [])
     return "\n".join([
         f"Generated by `cropkit report --profile {profile}` from `reference/{profile}/`; every notebook's summary, "
         f"with each run's own tests, is in [`reference/{profile}/RESULTS.md`](reference/{profile}/RESULTS.md).\n",
         headline(by_notebook), "", *timing])
 
 
+README_PROFILES = ("quick", "cifar10-subset")  # the profiles whose headline verdicts the README shows
+
+
 def outputs(profile: str) -> dict[Path, str]:
     """What `cropkit report` writes for a profile, rendered from its committed reference records."""
     by_notebook = load_reference(profile)
     written = {reference_dir(profile) / "RESULTS.md": render(profile, by_notebook)}
-    if profile == "quick":  # the README shows the quick profile's headline verdicts; every profile has its page
+    if profile in README_PROFILES:
         readme = project_root() / "README.md"
         written[readme] = readme_with_block(readme.read_text(), profile, readme_block(profile, by_notebook))
     return written

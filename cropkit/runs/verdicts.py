@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cropkit.eval.convergence import not_converged
 from cropkit.eval.records import compare_records, outcomes
 from cropkit.eval.stats import ALPHA, RunsComparison, compare_runs, holm
 from cropkit.runs.design import independent_runs
@@ -144,7 +145,14 @@ def _dominant(spreads: dict[str, float]) -> str:
 def verdict(a: Sequence[Record], b: Sequence[Record], which: str = "robust", *, a_name: str | None = None,
             b_name: str | None = None, what: str | None = None) -> str:
     """A markdown bullet: the seed-level verdict, then the per-run differences (exact McNemar), then which factor
-    moves the difference more, when the runs vary both."""
+    moves the difference more, when the runs vary both; "not compared" where a model did not converge in one of
+    the runs (`cropkit.eval.convergence`)."""
+    failed = not_converged([*a, *b])
+    if failed:
+        names = (a_name or a[0]["model"], b_name or b[0]["model"])
+        why = "; ".join(dict.fromkeys(f"{r['model']} ({run_name(training_run(r))}): {r['training']['why']}"
+                                      for r in failed))
+        return f"- {names[0]} vs {names[1]}: **not compared**, a model did not converge: {why}."
     comparison, pairs = across_runs(a, b, which, a_name=a_name, b_name=b_name)
     record_test(f"{comparison.a} vs {comparison.b}", comparison.p_value, comparison.resolved)
     label = what or ("clean accuracy" if which == "clean" else "worst-case accuracy"

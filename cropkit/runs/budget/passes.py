@@ -189,7 +189,7 @@ def _acl_fit(air: bool) -> tuple[float, float]:
     def at(steps: int) -> float:
         config = ACLConfig(air=air, attack_steps=steps, epochs=2, warmup_epochs=1)
         generator = torch.Generator().manual_seed(0)
-        return count_flops(lambda: training_loss(model, x, config, 1.0, generator)[0].backward()) / forward
+        return count_flops(lambda: training_loss(model, x, config, 1.0, 0.0, generator)[0].backward()) / forward
 
     return _linear_in_steps(at)
 

@@ -212,15 +212,21 @@ def _bound_family(w: Workload, epochs: list[int]) -> list[Any]:
 
 
 def nb01(w: Workload) -> None:
+    """The fit family, then the disjoint test family (other lambdas, training lengths, denoising radii)."""
     p = w.p
     fm, n = w.foundation(p["dataset"]), w.n("n_eval", p["dataset"])
-    for config in _bound_family(w, p["short_epochs"]):
+    common = dict(dataset=p["dataset"], eps=p["eps"], architecture=p["architecture"], seed=p["seed"])
+    tests = [PreprocessorConfig.for_lambda(lam, epochs=p["ae_epochs"], **common) for lam in p["test_lambdas"]]
+    tests += [PreprocessorConfig.for_lambda(1.0, epochs=e, **common) for e in p["test_epochs"]]
+    tests += [PreprocessorConfig(kind="adv-recon", lam=0.0, epochs=p["ae_epochs"], **{**common, "eps": e})
+              for e in p["test_denoising_eps"]]
+    for config in _bound_family(w, p["short_epochs"]) + tests:
         ae = w.preprocessor(config)
         w.slf(ae + fm, p["dataset"])
         w.add(f"bound: CE PGD-{p['ce_steps']} x{p['restarts']} ({config.name})", "eval", ae + fm, n,
               1 + p["restarts"] * (2 * p["ce_steps"] + 1), "fp32", 128)
-        w.add(f"bound: L_con FGSM and PGD-{p['con_steps']} ({config.name})", "eval", ae, n,
-              ae.encoder_share * (1 + 3 + 2 * p["con_steps"] + 2), "fp32", 128)
+        w.add(f"bound: L_con FGSM and PGD-{p['con_steps']} x{p['restarts']} ({config.name})", "eval", ae, n,
+              ae.encoder_share * (1 + 3 + p["restarts"] * 2 * p["con_steps"] + 2), "fp32", 128)
 
 
 def nb02(w: Workload) -> None:
@@ -300,7 +306,8 @@ def _acl_family_run(w: Workload, p: dict[str, Any], d: Any, common: dict[str, An
     variants += [ACLConfig(method="acl", rcs=RCSConfig(k, interval=p["rcs_interval"], warmup=p["rcs_warmup"]), **common)
                  for k in p["rcs_fractions"]]
     variants += [ACLConfig(method="acl", air=True, **common), ACLConfig(method="dynacl", **common),
-                 ACLConfig(method="dynacl", air=True, **common)]
+                 ACLConfig(method="dynacl", air=True, **common),
+                 ACLConfig(method="dynacl", air=True, air_form="kl", **common)]
     aff = FinetuneConfig(method="trades", eps=p["eps"], attack_steps=p["aff_attack_steps"], epochs=p["aff_epochs"],
                          lr=p["aff_lr"], n_train=p["n_aff_train"], seed=common["seed"])
     w.add("random-init BatchNorm calibration", "train", resnet, n_pre, 1.0, "tf32", 256, backward=False)
@@ -395,6 +402,10 @@ def nb08(w: Workload) -> None:
         audit += [pgd(eps, 10, restarts=p["restarts"]), strong(p), pgd(eps, 10)]  # the last: the transfer check
         w.evaluate(stack, n, audit, d.classes, role)
         w.evaluate(stack, n, [pgd(eps, 20)], d.classes, role)
+    for stack, role in (stacks[0], stacks[2]):  # the port and the quick attack against the reference, paired
+        reference = [AttackSpec("autoattack-port", eps), AttackSpec(p["quick_attack"], eps, steps=p["quick_steps"]),
+                     AttackSpec("autoattack-original", eps)]
+        w.evaluate(stack, w.n("n_reference", p["dataset"]), reference, d.classes, role)
 
 
 def nb09(w: Workload) -> None:
@@ -444,8 +455,8 @@ def nb11(w: Workload) -> None:
             w.evaluate(ae + fm, n, [pgd(test_eps, 10), strong(p | {"eps": test_eps})], d.classes, "defended")
             w.add(f"bound: CE PGD-{p['ce_steps']} x{p['restarts']}", "eval", ae + fm, n,
                   1 + p["restarts"] * (2 * p["ce_steps"] + 1), "fp32", 128)
-            w.add(f"bound: L_con FGSM and PGD-{p['con_steps']}", "eval", ae, n,
-                  ae.encoder_share * (1 + 3 + 2 * p["con_steps"] + 2), "fp32", 128)
+            w.add(f"bound: L_con FGSM and PGD-{p['con_steps']} x{p['restarts']}", "eval", ae, n,
+                  ae.encoder_share * (1 + 3 + p["restarts"] * 2 * p["con_steps"] + 2), "fp32", 128)
 
 
 WORKLOADS: dict[str, Callable[[Workload], None]] = {
