@@ -95,3 +95,16 @@ def test_the_frontier_decides_on_the_interval_and_gives_the_ratio_a_range():
     assert "| reaches | 2 epochs" in rows["AFT"] and "| at most 20 |" in rows["AFT"]
     assert rows["AFT"].endswith("| at most 20.0x |")  # at most 20 FLOPs against at least 1 of CRoPD's
     assert "| 1 to 2 |" in rows["CRoPD"]
+
+
+def test_the_per_run_differences_are_oriented_as_the_verdict():
+    """B beats A in every run: the verdict names B first with a positive lead, and so does every per-run difference
+    (they were A - B, negative under a sentence that says B leads)."""
+    hard = np.random.default_rng(2).random(300)
+    runs = [("fm0", s) for s in (0, 1, 2)]
+    a = method("A", {run: 0.2 + 0.01 * run[1] for run in runs}, hard)
+    b = method("B", dict.fromkeys(runs, 0.6), hard)
+    text = verdict(a, b)
+    assert text.startswith("- B beats A") and "Per run (B - A, points" in text
+    per_run = text.split("Per run")[1].split("\n")[0]
+    assert per_run.count(" +3") == 3 and " -3" not in per_run

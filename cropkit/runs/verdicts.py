@@ -162,9 +162,11 @@ def verdict(a: Sequence[Record], b: Sequence[Record], which: str = "robust", *, 
         independent = independent_runs([run for run, _, _ in pairs])
         pooled = ("" if len(independent) == len(pairs) else
                   f"; the verdict pools the independent runs: {'; '.join(run_name(run) for run in independent)}")
-        per_run = [f"{run_name(run)} {100 * c.difference:+.1f} (p = {c.p_value:.2g})"
+        flip = comparison.resolved and comparison.difference < 0  # oriented as the statement: its winner first
+        ahead, behind = (comparison.b, comparison.a) if flip else (comparison.a, comparison.b)
+        per_run = [f"{run_name(run)} {100 * (-1 if flip else 1) * c.difference:+.1f} (p = {c.p_value:.2g})"
                    for run, x, y in pairs for c in [compare_records(x, y, which)]]
-        lines.append(f"  Per run (difference in points, exact McNemar p{pooled}): " + "; ".join(per_run) + ".")
+        lines.append(f"  Per run ({ahead} - {behind}, points, exact McNemar p{pooled}): " + "; ".join(per_run) + ".")
         spreads = spread_by_factor(pairs, which)
         if len(spreads) == 2:
             lines.append("  Spread of the difference: " + ", ".join(
