@@ -85,3 +85,17 @@ def test_attack_outcomes_are_not_shared_by_pipelines_that_differ_in_a_setting(tm
     replay = evaluate(cosine_model(1.0), data, attack, model_name="scale 1", device="cpu")
     other = evaluate(cosine_model(100.0), data, attack, model_name="scale 100", device="cpu")
     assert [r["cached"] for r in (*first, *replay, *other)] == [False, True, False]
+
+
+def test_module_key_does_not_depend_on_where_the_model_was_loaded_from(tmp_path):
+    """The shipped foundation model loaded from two copies of its folder (another clone of the repository) has one
+    key: Hugging Face records the folder as `name_or_path`, which is no setting of the model."""
+    import shutil
+
+    from cropkit.foundation.pretrain import embedded_config, load_foundation, shipped_model
+
+    source = shipped_model(embedded_config("embedded"))
+    copies = [shutil.copytree(source, tmp_path / f"clone{i}" / source.name) for i in (1, 2)]
+    models = [load_foundation(folder) for folder in copies]
+    assert models[0].encoder.name_or_path != models[1].encoder.name_or_path
+    assert module_key(models[0]) == module_key(models[1])

@@ -212,12 +212,18 @@ def module_digest(module: nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
+# Plain attributes that describe a module without changing its output: the train/eval flag (`evaluate` sets it), its
+# display name, and where it was loaded from (Hugging Face's `name_or_path`, the kit's `spec`; a folder path for a
+# local model), so that the same model in another clone of the repository keeps its cache entries.
+_NOT_SETTINGS = ("training", "name", "name_or_path", "spec")
+
+
 def _settings(module: nn.Module) -> dict[str, Any]:
     """The plain attributes of one module that can change its output (a head's scale, a norm's eps, a ViT's config):
-    everything in its `__dict__` but tensors, submodules, hooks and the train/eval flag."""
+    everything in its `__dict__` but tensors, submodules, hooks and `_NOT_SETTINGS`."""
     found: dict[str, Any] = {}
     for name, value in vars(module).items():
-        if name.startswith("_") or name == "training":
+        if name.startswith("_") or name in _NOT_SETTINGS:
             continue
         if isinstance(value, (bool, int, float, str, tuple, type(None))):
             found[name] = value
