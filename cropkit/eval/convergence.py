@@ -20,20 +20,13 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cropkit.data import ImageData
+from cropkit.foundation.heads import extract_features
 
 Record = dict[str, Any]
-
-
-@torch.inference_mode()
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    device = next(model.parameters()).device
-    model.eval()
-    return torch.cat([model(x.to(device)).float().cpu() for x in images.split(batch_size)])
 
 
 def training_fit(pipeline: nn.Module, trained_on: ImageData, *, start: nn.Module | None = None,
@@ -42,7 +35,7 @@ def training_fit(pipeline: nn.Module, trained_on: ImageData, *, start: nn.Module
     `why` (empty when converged), the clean cross-entropy, log K, the training images' count and, with `start`, the
     fraction of their predictions that training changed."""
     images, labels = trained_on.tensors()
-    logits = _logits(pipeline, images, batch_size)
+    logits = extract_features(pipeline, images, batch_size=batch_size, desc="convergence check")
     ce, chance = float(F.cross_entropy(logits.double(), labels)), math.log(trained_on.num_classes)
     fit: dict[str, Any] = {"clean_ce": ce, "chance_ce": chance, "n_trained_on": len(labels)}
     reasons = []
@@ -50,7 +43,8 @@ def training_fit(pipeline: nn.Module, trained_on: ImageData, *, start: nn.Module
         reasons.append(f"its clean cross-entropy on its {len(labels)} training images is {ce:.3g}, above the "
                        f"uniform predictor's log {trained_on.num_classes} = {chance:.3g}")
     if start is not None:
-        changed = float((_logits(start, images, batch_size).argmax(1) != logits.argmax(1)).float().mean())
+        before = extract_features(start, images, batch_size=batch_size, desc="convergence check")
+        changed = float((before.argmax(1) != logits.argmax(1)).float().mean())
         fit["predictions_changed"] = changed
         if changed == 0:
             reasons.append(f"training changed none of its start's predictions on its {len(labels)} training images")

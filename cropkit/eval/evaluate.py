@@ -9,7 +9,8 @@ intervals; and its per-example outcomes, from which paired comparisons and the w
 An attack's per-example outcomes are cached (`cache_dir()/evaluations`), keyed by the model's `module_key`
 (its weights, its modules' classes and settings), the examples' content, the attack's settings, seed, batch size,
 precision and `EVAL_RECIPE_VERSION`: the notebooks evaluate the same cached models on the same images run after
-run, and a replayed record says `"cached": true` (its `runtime_s` is the run that computed it). `cache=False`, or more than one process, always attacks.
+run, and a replayed record says `"cached": true` (its `runtime_s` is the run that computed it). `cache=False`, or
+more than one process, always attacks.
 
 Each record names the library that ran its attack (`implementation`); a record of the reference AutoAttack
 (`autoattack-original`) also holds the reference's own checks (`reference_checks`: name, passed, evidence), cached
